@@ -3,6 +3,8 @@
 The key/shape generator follows `shared/research/reference_architecture.md` §5 (verified there against the
 lllyasviel, diffusers and ComfyUI state dicts), generalised to any channel width so the fast suite can use tiny
 models. Every generated zero convolution is random and non-zero: with zeros every comparison would pass vacuously.
+The matching SD U-Net (`unet_ldm_shapes`, `random_unet_state_dict`) and an independent ldm -> diffusers
+UNet2DConditionModel key map (`unet_ldm_to_diffusers_key`, `diffusers_unet_config`) serve the U-Net parity tests.
 """
 from __future__ import annotations
 
@@ -45,68 +47,107 @@ SPECS = {
 }
 
 
-def controlnet_ldm_shapes(spec: Spec) -> dict[str, tuple[int, ...]]:
-    """{ldm key: shape} of a ControlNet state dict (unprefixed v1.1 layout)."""
-    shapes: dict[str, tuple[int, ...]] = {}
+def _add(shapes: dict, key: str, *shape: int) -> None:
+    shapes[key] = tuple(shape)
+
+
+def _res_shapes(shapes: dict, spec: Spec, p: str, cin: int, cout: int) -> None:
+    """ResBlock keys (ldm names)."""
     td = spec.time_dim
+    _add(shapes, p + "in_layers.0.weight", cin), _add(shapes, p + "in_layers.0.bias", cin)
+    _add(shapes, p + "in_layers.2.weight", cout, cin, 3, 3), _add(shapes, p + "in_layers.2.bias", cout)
+    _add(shapes, p + "emb_layers.1.weight", cout, td), _add(shapes, p + "emb_layers.1.bias", cout)
+    _add(shapes, p + "out_layers.0.weight", cout), _add(shapes, p + "out_layers.0.bias", cout)
+    _add(shapes, p + "out_layers.3.weight", cout, cout, 3, 3), _add(shapes, p + "out_layers.3.bias", cout)
+    if cin != cout:
+        _add(shapes, p + "skip_connection.weight", cout, cin, 1, 1), _add(shapes, p + "skip_connection.bias", cout)
 
-    def add(key: str, *shape: int) -> None:
-        shapes[key] = tuple(shape)
 
-    def res(p: str, cin: int, cout: int) -> None:
-        add(p + "in_layers.0.weight", cin), add(p + "in_layers.0.bias", cin)
-        add(p + "in_layers.2.weight", cout, cin, 3, 3), add(p + "in_layers.2.bias", cout)
-        add(p + "emb_layers.1.weight", cout, td), add(p + "emb_layers.1.bias", cout)
-        add(p + "out_layers.0.weight", cout), add(p + "out_layers.0.bias", cout)
-        add(p + "out_layers.3.weight", cout, cout, 3, 3), add(p + "out_layers.3.bias", cout)
-        if cin != cout:
-            add(p + "skip_connection.weight", cout, cin, 1, 1), add(p + "skip_connection.bias", cout)
+def _attn_shapes(shapes: dict, spec: Spec, p: str, c: int, n: int) -> None:
+    """SpatialTransformer keys with n transformer blocks (ldm names)."""
+    proj = (c, c) if spec.linear else (c, c, 1, 1)
+    _add(shapes, p + "norm.weight", c), _add(shapes, p + "norm.bias", c)
+    _add(shapes, p + "proj_in.weight", *proj), _add(shapes, p + "proj_in.bias", c)
+    for d in range(n):
+        q = f"{p}transformer_blocks.{d}."
+        for a, kdim in (("attn1", c), ("attn2", spec.context_dim)):
+            _add(shapes, q + a + ".to_q.weight", c, c)
+            _add(shapes, q + a + ".to_k.weight", c, kdim), _add(shapes, q + a + ".to_v.weight", c, kdim)
+            _add(shapes, q + a + ".to_out.0.weight", c, c), _add(shapes, q + a + ".to_out.0.bias", c)
+        _add(shapes, q + "ff.net.0.proj.weight", 8 * c, c), _add(shapes, q + "ff.net.0.proj.bias", 8 * c)
+        _add(shapes, q + "ff.net.2.weight", c, 4 * c), _add(shapes, q + "ff.net.2.bias", c)
+        for j in (1, 2, 3):
+            _add(shapes, q + f"norm{j}.weight", c), _add(shapes, q + f"norm{j}.bias", c)
+    _add(shapes, p + "proj_out.weight", *proj), _add(shapes, p + "proj_out.bias", c)
 
-    def attn(p: str, c: int, n: int) -> None:
-        proj = (c, c) if spec.linear else (c, c, 1, 1)
-        add(p + "norm.weight", c), add(p + "norm.bias", c)
-        add(p + "proj_in.weight", *proj), add(p + "proj_in.bias", c)
-        for d in range(n):
-            q = f"{p}transformer_blocks.{d}."
-            for a, kdim in (("attn1", c), ("attn2", spec.context_dim)):
-                add(q + a + ".to_q.weight", c, c)
-                add(q + a + ".to_k.weight", c, kdim), add(q + a + ".to_v.weight", c, kdim)
-                add(q + a + ".to_out.0.weight", c, c), add(q + a + ".to_out.0.bias", c)
-            add(q + "ff.net.0.proj.weight", 8 * c, c), add(q + "ff.net.0.proj.bias", 8 * c)
-            add(q + "ff.net.2.weight", c, 4 * c), add(q + "ff.net.2.bias", c)
-            for j in (1, 2, 3):
-                add(q + f"norm{j}.weight", c), add(q + f"norm{j}.bias", c)
-        add(p + "proj_out.weight", *proj), add(p + "proj_out.bias", c)
 
-    mc = spec.model_channels
-    add("time_embed.0.weight", td, mc), add("time_embed.0.bias", td)
-    add("time_embed.2.weight", td, td), add("time_embed.2.bias", td)
+def _encoder_shapes(shapes: dict, spec: Spec) -> list[int]:
+    """time_embed, label_emb, input_blocks keys; returns the skip widths (one per input block)."""
+    td, mc = spec.time_dim, spec.model_channels
+    _add(shapes, "time_embed.0.weight", td, mc), _add(shapes, "time_embed.0.bias", td)
+    _add(shapes, "time_embed.2.weight", td, td), _add(shapes, "time_embed.2.bias", td)
     if spec.adm:
-        add("label_emb.0.0.weight", td, spec.adm), add("label_emb.0.0.bias", td)
-        add("label_emb.0.2.weight", td, td), add("label_emb.0.2.bias", td)
-    add("input_blocks.0.0.weight", mc, spec.in_channels, 3, 3), add("input_blocks.0.0.bias", mc)
+        _add(shapes, "label_emb.0.0.weight", td, spec.adm), _add(shapes, "label_emb.0.0.bias", td)
+        _add(shapes, "label_emb.0.2.weight", td, td), _add(shapes, "label_emb.0.2.bias", td)
+    _add(shapes, "input_blocks.0.0.weight", mc, spec.in_channels, 3, 3), _add(shapes, "input_blocks.0.0.bias", mc)
     chans, ch, i = [mc], mc, 1
     for level, mult in enumerate(spec.channel_mult):
         for _ in range(spec.num_res_blocks):
-            res(f"input_blocks.{i}.0.", ch, mc * mult)
+            _res_shapes(shapes, spec, f"input_blocks.{i}.0.", ch, mc * mult)
             ch = mc * mult
             if spec.depth[level]:
-                attn(f"input_blocks.{i}.1.", ch, spec.depth[level])
+                _attn_shapes(shapes, spec, f"input_blocks.{i}.1.", ch, spec.depth[level])
             chans.append(ch)
             i += 1
         if level != len(spec.channel_mult) - 1:
-            add(f"input_blocks.{i}.0.op.weight", ch, ch, 3, 3), add(f"input_blocks.{i}.0.op.bias", ch)
+            _add(shapes, f"input_blocks.{i}.0.op.weight", ch, ch, 3, 3), _add(shapes, f"input_blocks.{i}.0.op.bias", ch)
             chans.append(ch)
             i += 1
+    return chans
+
+
+def _middle_shapes(shapes: dict, spec: Spec, ch: int) -> None:
+    _res_shapes(shapes, spec, "middle_block.0.", ch, ch)
+    _attn_shapes(shapes, spec, "middle_block.1.", ch, spec.mid_depth)
+    _res_shapes(shapes, spec, "middle_block.2.", ch, ch)
+
+
+def controlnet_ldm_shapes(spec: Spec) -> dict[str, tuple[int, ...]]:
+    """{ldm key: shape} of a ControlNet state dict (unprefixed v1.1 layout)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    chans = _encoder_shapes(shapes, spec)
     for j, c in enumerate(chans):
-        add(f"zero_convs.{j}.0.weight", c, c, 1, 1), add(f"zero_convs.{j}.0.bias", c)
-    hint = ((spec.hint_channels, 16), *HINT_CHANNELS, (256, mc))
+        _add(shapes, f"zero_convs.{j}.0.weight", c, c, 1, 1), _add(shapes, f"zero_convs.{j}.0.bias", c)
+    hint = ((spec.hint_channels, 16), *HINT_CHANNELS, (256, spec.model_channels))
     for j, (cin, cout) in enumerate(hint):
-        add(f"input_hint_block.{2 * j}.weight", cout, cin, 3, 3), add(f"input_hint_block.{2 * j}.bias", cout)
-    res("middle_block.0.", ch, ch)
-    attn("middle_block.1.", ch, spec.mid_depth)
-    res("middle_block.2.", ch, ch)
-    add("middle_block_out.0.weight", ch, ch, 1, 1), add("middle_block_out.0.bias", ch)
+        _add(shapes, f"input_hint_block.{2 * j}.weight", cout, cin, 3, 3)
+        _add(shapes, f"input_hint_block.{2 * j}.bias", cout)
+    _middle_shapes(shapes, spec, chans[-1])
+    _add(shapes, "middle_block_out.0.weight", chans[-1], chans[-1], 1, 1)
+    _add(shapes, "middle_block_out.0.bias", chans[-1])
+    return shapes
+
+
+def unet_ldm_shapes(spec: Spec, out_channels: int = 4) -> dict[str, tuple[int, ...]]:
+    """{ldm key: shape} of the matching SD U-Net (`model.diffusion_model.*` without the prefix)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    skips = _encoder_shapes(shapes, spec)
+    ch, mc, n = skips[-1], spec.model_channels, 0
+    _middle_shapes(shapes, spec, ch)
+    for level in reversed(range(len(spec.channel_mult))):
+        width = mc * spec.channel_mult[level]
+        for i in range(spec.num_res_blocks + 1):
+            _res_shapes(shapes, spec, f"output_blocks.{n}.0.", ch + skips.pop(), width)
+            ch, j = width, 1
+            if spec.depth[level]:
+                _attn_shapes(shapes, spec, f"output_blocks.{n}.1.", ch, spec.depth[level])
+                j = 2
+            if level and i == spec.num_res_blocks:
+                _add(shapes, f"output_blocks.{n}.{j}.conv.weight", ch, ch, 3, 3)
+                _add(shapes, f"output_blocks.{n}.{j}.conv.bias", ch)
+            n += 1
+    _add(shapes, "out.0.weight", mc), _add(shapes, "out.0.bias", mc)
+    _add(shapes, "out.2.weight", out_channels, mc, 3, 3), _add(shapes, "out.2.bias", out_channels)
     return shapes
 
 
@@ -147,14 +188,14 @@ def ldm_to_diffusers_key(key: str, num_res_blocks: int = 2) -> str:
     raise KeyError(key)
 
 
-def random_controlnet_state_dict(spec: Spec | str, seed: int = 0, dtype: torch.dtype = torch.float32
-                                 ) -> dict[str, torch.Tensor]:
-    """Random ldm-layout ControlNet weights; norms near 1, zero convs and hint conv 14 random and non-zero."""
-    spec = SPECS[spec] if isinstance(spec, str) else spec
+def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0, dtype: torch.dtype = torch.float32
+                      ) -> dict[str, torch.Tensor]:
+    """Random weights for a {key: shape} map: norm scales near 1, biases small, matrices ~ 1/sqrt(fan_in)."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for key, shape in controlnet_ldm_shapes(spec).items():
-        if len(shape) == 1 and ("norm" in key or "in_layers.0" in key or "out_layers.0" in key) and key.endswith("weight"):
+    for key, shape in shapes.items():
+        if len(shape) == 1 and ("norm" in key or "in_layers.0" in key or "out_layers.0" in key
+                                or key == "out.0.weight") and key.endswith("weight"):
             value = 1.0 + 0.1 * torch.randn(shape, generator=gen)  # GroupNorm / LayerNorm scale
         elif len(shape) == 1:
             value = 0.02 * torch.randn(shape, generator=gen)
@@ -163,6 +204,20 @@ def random_controlnet_state_dict(spec: Spec | str, seed: int = 0, dtype: torch.d
             value = torch.randn(shape, generator=gen) / fan_in ** 0.5
         out[key] = value.to(dtype)
     return out
+
+
+def random_controlnet_state_dict(spec: Spec | str, seed: int = 0, dtype: torch.dtype = torch.float32
+                                 ) -> dict[str, torch.Tensor]:
+    """Random ldm-layout ControlNet weights; norms near 1, zero convs and hint conv 14 random and non-zero."""
+    spec = SPECS[spec] if isinstance(spec, str) else spec
+    return random_state_dict(controlnet_ldm_shapes(spec), seed, dtype)
+
+
+def random_unet_state_dict(spec: Spec | str, seed: int = 0, dtype: torch.dtype = torch.float32
+                           ) -> dict[str, torch.Tensor]:
+    """Random ldm-layout SD U-Net weights (unprefixed)."""
+    spec = SPECS[spec] if isinstance(spec, str) else spec
+    return random_state_dict(unet_ldm_shapes(spec), seed, dtype)
 
 
 def to_diffusers_layout(ldm_sd: dict[str, torch.Tensor], num_res_blocks: int = 2) -> dict[str, torch.Tensor]:
@@ -200,4 +255,45 @@ def diffusers_controlnet_config(spec: Spec | str) -> dict:
     if spec.adm:
         config.update(addition_embed_type="text_time", addition_time_embed_dim=256,
                       projection_class_embeddings_input_dim=spec.adm)
+    return config
+
+
+def _diffusers_heads(spec: Spec) -> list[int]:
+    """Head count per level as diffusers spells it (`attention_head_dim`): 8 for SD1.x, else width // 64."""
+    channels = [spec.model_channels * m for m in spec.channel_mult]
+    return [8] * len(channels) if spec.context_dim == 768 else [max(1, c // 64) for c in channels]
+
+
+def unet_ldm_to_diffusers_key(key: str, spec: Spec | str) -> str:
+    """Independent ldm -> diffusers UNet2DConditionModel key map (output_blocks -> up_blocks, out -> conv_*_out)."""
+    spec = SPECS[spec] if isinstance(spec, str) else spec
+    p = key.split(".")
+    if p[0] == "out":
+        return f"{'conv_norm_out' if p[1] == '0' else 'conv_out'}.{p[2]}"
+    if p[0] != "output_blocks":
+        return ldm_to_diffusers_key(key, spec.num_res_blocks)
+    block, layer = divmod(int(p[1]), spec.num_res_blocks + 1)
+    if p[2] == "0":
+        return f"up_blocks.{block}.resnets.{layer}.{_RES_TO_DIFFUSERS['.'.join(p[3:-1])]}.{p[-1]}"
+    if p[3] == "conv":  # Upsample: `.1.conv` without attention at that level, `.2.conv` with it
+        return f"up_blocks.{block}.upsamplers.0.conv.{p[-1]}"
+    return f"up_blocks.{block}.attentions.{layer}." + ".".join(p[3:])
+
+
+def unet_to_diffusers_layout(ldm_sd: dict[str, torch.Tensor], spec: Spec | str) -> dict[str, torch.Tensor]:
+    """The same U-Net weights under diffusers UNet2DConditionModel names."""
+    return {unet_ldm_to_diffusers_key(k, spec): v for k, v in ldm_sd.items()}
+
+
+def diffusers_unet_config(spec: Spec | str) -> dict:
+    """diffusers UNet2DConditionModel config with the same architecture (the oracle for the controlled U-Net)."""
+    spec = SPECS[spec] if isinstance(spec, str) else spec
+    config = {k: v for k, v in diffusers_controlnet_config(spec).items()
+              if k not in ("conditioning_channels", "conditioning_embedding_out_channels", "only_cross_attention")}
+    config.update(
+        out_channels=4,
+        up_block_types=["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(spec.depth)],
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        attention_head_dim=_diffusers_heads(spec),
+    )
     return config
