@@ -1,0 +1,293 @@
+"""Hint preprocessors: every one is `(image (B, H, W, C) float in [0, 1], **options) -> image (B, H, W, 3)`.
+
+`PREPROCESSORS` maps a name to a `PreprocessorSpec` (function, options with default/min/max/step/tooltip, one-line
+description), so a host can build its widgets from it; `run(name, image, **options)` validates the input and the
+options, applies the shared resolution options (`COMMON_OPTIONS`, see resize.py and docs/preprocessors.md) and
+calls the function on the image's device. Importing this module is cheap: implementations (torch, OpenCV,
+transformers) are imported when a preprocessor first runs.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import PreprocessError
+from ._choices import CANNY_BACKENDS, NORMAL_CONVENTIONS, RESIZE_MODES
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("int", "float", "bool", "choice", "mask")
+CHUNK_FRAMES = 16  # frames per call for frame-independent preprocessors (bounded memory, progress steps)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One preprocessor option as a host widget: kind, default, range and tooltip."""
+
+    name: str
+    kind: str
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] = ()
+    tooltip: str = ""
+
+    def coerce(self, value: Any, owner: str) -> Any:
+        """`value` (a Python value or a command-line string) as this option's type, range-checked."""
+        where = f"option {self.name!r} of {owner}"
+        if self.kind == "mask":
+            return value
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise PreprocessError(f"{where}: {value!r} is not one of {self.choices}")
+            return value
+        if self.kind == "bool":
+            return _to_bool(value, where)
+        number = _to_number(value, self.kind, where)
+        if self.min is not None and number < self.min:
+            raise PreprocessError(f"{where}: {number} is below the minimum {self.min}")
+        if self.max is not None and number > self.max:
+            raise PreprocessError(f"{where}: {number} is above the maximum {self.max}")
+        return number
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise PreprocessError(f"{where}: {value!r} is not a boolean (use true or false)")
+
+
+def _to_number(value: Any, kind: str, where: str) -> int | float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PreprocessError(f"{where}: {value!r} is not a number") from None
+    if kind == "int":
+        if number != int(number):
+            raise PreprocessError(f"{where}: {value!r} is not a whole number")
+        return int(number)
+    return number
+
+
+@dataclass(frozen=True)
+class PreprocessorSpec:
+    """A registered preprocessor: where its function lives, its options and what it does."""
+
+    name: str
+    target: str  # "module:function" inside this package, imported on first use
+    description: str
+    options: tuple[Option, ...] = ()
+    model_folder: str | None = None  # network preprocessors: the host passes models_dir (+ model_cache)
+    frame_independent: bool = True  # each frame's result depends on that frame only (run() may chunk the batch)
+
+    @property
+    def function(self) -> Callable[..., Any]:
+        """The implementation (imports its module on first access)."""
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(f".{module}", __name__), name)
+
+    def defaults(self) -> dict[str, Any]:
+        """Option name -> default value."""
+        return {option.name: option.default for option in self.options}
+
+    def option(self, name: str) -> Option:
+        """The option called `name` (PreprocessError listing the valid ones otherwise)."""
+        for option in self.options:
+            if option.name == name:
+                return option
+        raise PreprocessError(f"{self.name} has no option {name!r}; its options are "
+                              f"{[o.name for o in self.options] or 'none'} plus {[o.name for o in COMMON_OPTIONS]}")
+
+
+def _temporal(what: str) -> Option:
+    return Option("temporal_normalize", "bool", False,
+                  tooltip=f"Video: compute the {what} over the whole batch instead of per frame, so consecutive "
+                          "frames are scaled alike and do not flicker.")
+
+
+def _threshold(name: str, default: int, tooltip: str) -> Option:
+    return Option(name, "int", default, 0, 255, 1, tooltip=tooltip)
+
+
+def _batch(default: int) -> Option:
+    return Option("batch_size", "int", default, 1, 64, 1,
+                  tooltip="Frames per network call: larger is faster on a GPU, smaller needs less memory.")
+
+
+COMMON_OPTIONS = (
+    Option("resolution", "int", 0, 0, 16384, 8,
+           tooltip="Short side, in pixels, of the image the preprocessor works on and returns (rounded to a "
+                   "multiple of 8, the long side scaled alike). 0 keeps the input size."),
+    Option("pixel_perfect", "bool", False,
+           tooltip="Choose the resolution from target_width x target_height so that the hint maps 1:1 onto the "
+                   "generated image (A1111 pixel-perfect)."),
+    Option("target_width", "int", 0, 0, 16384, 8,
+           tooltip="Fit the result to this width with resize_mode (0: no fit). Usually the generation width."),
+    Option("target_height", "int", 0, 0, 16384, 8,
+           tooltip="Fit the result to this height with resize_mode (0: no fit). Usually the generation height."),
+    Option("resize_mode", "choice", "Crop and Resize", choices=RESIZE_MODES,
+           tooltip="Just Resize: stretch. Crop and Resize: cover the target and cut the centre (the host's "
+                   "behaviour). Resize and Fill: fit inside and fill the borders with the image's border colour."),
+)
+
+_CANNY_LOW = _threshold("low_threshold", 100, "Canny low threshold on the 0-255 scale (cv2.Canny threshold1): "
+                                              "weaker gradients are never edges.")
+_CANNY_HIGH = _threshold("high_threshold", 200, "Canny high threshold on the 0-255 scale (cv2.Canny threshold2): "
+                                                "edges start at gradients above it.")
+_GAMMA = Option("gamma", "float", 1.0, 0.1, 2.0, 0.01, tooltip="Gamma applied to the result (x ** gamma).")
+_STRETCH = Option("normalize", "bool", False, tooltip="Stretch the darkest value to black and the brightest to white.")
+
+PREPROCESSORS: dict[str, PreprocessorSpec] = {spec.name: spec for spec in (
+    PreprocessorSpec("canny", "edges:canny", "Canny edges exactly as cv2.Canny on the RGB image (ControlNet canny).",
+                     (_CANNY_LOW, _CANNY_HIGH,
+                      Option("backend", "choice", "auto", choices=CANNY_BACKENDS,
+                             tooltip="auto: OpenCV on CPU, batched torch on a GPU. Both give the same edges."))),
+    PreprocessorSpec("threshold", "edges:threshold", "White where the grey level is above a threshold (0: Otsu).",
+                     (_threshold("threshold", 127, "Grey level on the 0-255 scale; 0 picks it by Otsu's method."),
+                      Option("invert", "bool", False, tooltip="Black above the threshold instead of white."),
+                      _temporal("Otsu threshold")), frame_independent=False),
+    PreprocessorSpec("binary", "edges:binary", "Dark strokes to white on black (Aux Binary; threshold 0: Otsu).",
+                     (_threshold("threshold", 100, "Grey level on the 0-255 scale; 0 picks it by Otsu's method."),
+                      Option("invert", "bool", True, tooltip="White where darker than the threshold (line art)."),
+                      _temporal("Otsu threshold")), frame_independent=False),
+    PreprocessorSpec("lineart_standard", "lines:lineart_standard",
+                     "Line art from the difference of a Gaussian blur and the image (no network).",
+                     (Option("gaussian_sigma", "float", 6.0, 0.5, 32.0, 0.1, tooltip="Blur radius in pixels."),
+                      Option("intensity_threshold", "int", 8, 0, 255, 1,
+                             tooltip="Line strengths above this (0-255) set the normalising median."),
+                      _temporal("normalising median")), frame_independent=False),
+    PreprocessorSpec("scribble_xdog", "lines:scribble_xdog", "Scribbles from an extended difference of Gaussians.",
+                     (Option("threshold", "int", 32, 1, 64, 1, tooltip="Lower: more strokes."),)),
+    PreprocessorSpec("straight_lines", "lines:straight_lines",
+                     "Straight segments by a Hough transform on Canny edges (an M-LSD substitute, no network).",
+                     (_CANNY_LOW, _CANNY_HIGH,
+                      Option("hough_threshold", "int", 50, 1, 1000, 1, tooltip="Votes a segment needs."),
+                      Option("min_line_length", "int", 32, 1, 4096, 1, tooltip="Shortest segment kept, in pixels."),
+                      Option("max_line_gap", "int", 4, 0, 512, 1, tooltip="Largest gap bridged within a segment."),
+                      Option("thickness", "int", 1, 1, 16, 1, tooltip="Line width of the drawn segments."))),
+    PreprocessorSpec("invert", "color:invert", "1 - image: black lines on white become white on black."),
+    PreprocessorSpec("shuffle", "color:shuffle", "Content shuffle: warp by a smooth random flow (same for all frames).",
+                     (Option("seed", "int", 0, 0, 2**31 - 1, 1, tooltip="Seed of the random flow field."),
+                      Option("cell_size", "int", 256, 8, 2048, 8, tooltip="Size of the flow's random cells."))),
+    PreprocessorSpec("tile", "color:tile", "Tile/blur hint: down-sample by a rate, back to the input size.",
+                     (Option("down_sampling_rate", "float", 1.0, 1.0, 8.0, 0.1,
+                             tooltip="Below 1.1 the image is returned as is."),)),
+    PreprocessorSpec("color_grid", "color:color_grid", "T2I-Adapter colour grid: one colour per cell.",
+                     (Option("cell_size", "int", 64, 4, 512, 4, tooltip="Cell side in pixels."),)),
+    PreprocessorSpec("luminance", "color:luminance", "Lightness CIE L* (recolor models).",
+                     (_GAMMA, _STRETCH, _temporal("min/max of normalize")), frame_independent=False),
+    PreprocessorSpec("intensity", "color:intensity", "HSV value max(R, G, B) (recolor models).",
+                     (_GAMMA, _STRETCH, _temporal("min/max of normalize")), frame_independent=False),
+    PreprocessorSpec("inpaint", "color:inpaint", "Inpaint hint: masked pixels set to -1 (ControlNet inpaint).",
+                     (Option("mask", "mask", None, tooltip="1 = repaint, 0 = keep; resized to the image."),),
+                     frame_independent=False),
+    PreprocessorSpec("normal_from_depth", "depth:normal_from_depth",
+                     "Surface normals from a depth map (near = white); no network.",
+                     (Option("strength", "float", 1.0, 0.05, 10.0, 0.05,
+                             tooltip="Relief: at 1 a depth ramp across the short side tilts by 45 degrees."),
+                      Option("bg_threshold", "float", 0.4, 0.0, 1.0, 0.01,
+                             tooltip="Depth below this (far) is flat background."),
+                      Option("convention", "choice", "bae", choices=NORMAL_CONVENTIONS,
+                             tooltip="bae: red = left, green = up (ControlNet 1.1 normalbae). opengl: red = right."),
+                      _temporal("depth range")), frame_independent=False),
+    PreprocessorSpec("depth", "depth:depth", "Depth from a local transformers model (DPT/MiDaS, Depth Anything).",
+                     (_temporal("depth range"), _batch(8)), model_folder="depth", frame_independent=False),
+    PreprocessorSpec("segmentation", "segment:segmentation",
+                     "ADE20K-coloured semantic segmentation from a local transformers model (UperNet, SegFormer).",
+                     (_batch(4),), model_folder="segmentation", frame_independent=False),
+    PreprocessorSpec("resize", "resize:resize", "Fit an image or a finished hint to a size with a resize mode.",
+                     (Option("width", "int", 512, 8, 16384, 8, tooltip="Output width."),
+                      Option("height", "int", 512, 8, 16384, 8, tooltip="Output height."),
+                      Option("mode", "choice", "Crop and Resize", choices=RESIZE_MODES,
+                             tooltip=COMMON_OPTIONS[4].tooltip))),
+)}
+
+
+def list_preprocessors() -> list[str]:
+    """Registered preprocessor names, sorted."""
+    return sorted(PREPROCESSORS)
+
+
+def get_spec(name: str) -> PreprocessorSpec:
+    """The spec of `name`; a PreprocessError lists the known names otherwise."""
+    if name not in PREPROCESSORS:
+        raise PreprocessError(f"unknown preprocessor {name!r}; known: {', '.join(list_preprocessors())}")
+    return PREPROCESSORS[name]
+
+
+def run(name: str, image: Any, *, progress: Callable[[int, int], None] | None = None,
+        models_dir: str | None = None, model_cache: Any = None, **options: Any) -> Any:
+    """Run preprocessor `name` on (B, H, W, C) `image` with validated options; returns (B, H', W', 3) float32."""
+    from ._image import check_image
+    from .resize import fit, pixel_perfect_resolution, resize_short_side
+
+    spec = get_spec(name)
+    common = {o.name: o.coerce(options.pop(o.name, o.default), name) for o in COMMON_OPTIONS}
+    params = {**spec.defaults(), **{key: spec.option(key).coerce(value, name) for key, value in options.items()}}
+    image = check_image(image)
+    resolution = common["resolution"]
+    if common["pixel_perfect"]:
+        resolution = pixel_perfect_resolution(image.shape[1], image.shape[2], common["target_height"],
+                                              common["target_width"], common["resize_mode"])
+    if resolution:
+        image = resize_short_side(image, resolution)
+    if spec.model_folder is not None:
+        params.update(models_dir=models_dir, model_cache=model_cache)
+    result = _call(spec, image, params, progress)
+    if common["target_width"] and common["target_height"]:
+        result = fit(result, common["target_width"], common["target_height"], common["resize_mode"])
+    return result
+
+
+def _call(spec: PreprocessorSpec, image: Any, params: dict[str, Any],
+          progress: Callable[[int, int], None] | None) -> Any:
+    """Call the function once (it reports progress itself if it takes `progress`), or chunk by chunk when frames
+    are independent, reporting progress per chunk."""
+    import torch
+
+    function = spec.function
+    total = image.shape[0]
+    if "progress" in inspect.signature(function).parameters:
+        return _checked(spec, function(image, **params, progress=progress), image)
+    if not spec.frame_independent or total <= CHUNK_FRAMES:
+        result = _checked(spec, function(image, **params), image)
+        if progress is not None:
+            progress(total, total)
+        return result
+    parts = []
+    for start in range(0, total, CHUNK_FRAMES):
+        chunk = image[start: start + CHUNK_FRAMES]
+        parts.append(_checked(spec, function(chunk, **params), chunk))
+        if progress is not None:
+            progress(min(start + CHUNK_FRAMES, total), total)
+    return torch.cat(parts)
+
+
+def _checked(spec: PreprocessorSpec, result: Any, image: Any) -> Any:
+    """Every preprocessor returns (B, H', W', 3) float32 on the input's device."""
+    if result.ndim != 4 or result.shape[0] != image.shape[0] or result.shape[-1] != 3:
+        raise PreprocessError(f"{spec.name} returned shape {tuple(result.shape)} for input "
+                              f"{tuple(image.shape)}: this is a bug in {spec.target}")
+    return result.float().contiguous()
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy access to the heavier helpers: ModelCache, fit, pixel_perfect_resolution, resize_short_side."""
+    lazy = {"ModelCache": "models", "fit": "resize", "pixel_perfect_resolution": "resize",
+            "resize_short_side": "resize"}
+    if name in lazy:
+        return getattr(importlib.import_module(f".{lazy[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["COMMON_OPTIONS", "PREPROCESSORS", "ModelCache", "Option", "PreprocessorSpec", "fit", "get_spec",
+           "list_preprocessors", "pixel_perfect_resolution", "resize_short_side", "run"]

@@ -1,0 +1,109 @@
+"""`python -m controlnet_core preprocess NAME IN.png OUT.png [--option value ...]`: one picture through a preprocessor.
+
+Option names are the registry's (e.g. canny `--low_threshold 100 --high_threshold 200`, on the 0-255 scale);
+`--resolution`, `--target_width`, ... are the shared resolution options. The output has the input's size unless a
+resolution or a target size is given. Errors print one line naming the file and the problem, and exit with 1.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import ControlNetError, PreprocessError
+from . import COMMON_OPTIONS, PREPROCESSORS, list_preprocessors
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the `preprocess` sub-command; every registry option becomes `--name VALUE` (checked at run time)."""
+    parser = subparsers.add_parser(
+        "preprocess", help="make a hint image from a picture (canny, depth, ...)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="preprocessors:\n" + "\n".join(f"  {name:<18} {PREPROCESSORS[name].description}"
+                                             for name in list_preprocessors()))
+    parser.add_argument("name", help="preprocessor name (see the list below)")
+    parser.add_argument("input", help="input picture (PNG, JPEG, ...)")
+    parser.add_argument("output", help="output PNG")
+    parser.add_argument("--models_dir", help="local transformers model folder (depth, segmentation)")
+    parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
+    seen: dict[str, str] = {}
+    for option in (*COMMON_OPTIONS, *(o for spec in PREPROCESSORS.values() for o in spec.options)):
+        if option.name in seen:
+            continue
+        seen[option.name] = option.tooltip
+        help_text = "a picture file: white = 1" if option.kind == "mask" else option.tooltip
+        parser.add_argument(f"--{option.name}", dest=f"opt_{option.name}", metavar=option.kind.upper(),
+                            help=help_text)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute the parsed command; 0 on success, 1 with one line on stderr otherwise."""
+    try:
+        _run(args)
+    except (ControlNetError, OSError, ValueError) as exc:
+        sys.stderr.write("error: " + " ".join(str(exc).split()) + "\n")
+        return 1
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    from . import get_spec, run as run_preprocessor
+
+    spec = get_spec(args.name)
+    options = {key[4:]: value for key, value in vars(args).items() if key.startswith("opt_") and value is not None}
+    valid = {o.name for o in (*COMMON_OPTIONS, *spec.options)}
+    stray = sorted(set(options) - valid)
+    if stray:
+        raise PreprocessError(f"{args.name} does not take --{', --'.join(stray)}; its options are "
+                              f"{', '.join('--' + n for n in sorted(valid))}")
+    image = read_image(args.input, args.device)
+    if "mask" in options:
+        options["mask"] = read_image(options["mask"], args.device)[..., 0]  # (1, H, W) from the red/grey channel
+    extra = {"models_dir": args.models_dir} if spec.model_folder else {}
+    try:
+        hint = run_preprocessor(args.name, image, **extra, **options)
+    except PreprocessError as exc:
+        raise PreprocessError(f"{args.input}: {exc}") from None
+    write_image(hint, args.output)
+    logger.info("wrote %s (%dx%d)", args.output, hint.shape[2], hint.shape[1])
+
+
+def read_image(path: str, device: str = "cpu"):
+    """A picture file -> (1, H, W, C) float32 in [0, 1] (grey, RGB or RGBA as stored)."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path)
+    if not file.is_file():
+        raise PreprocessError(f"{path}: no such file")
+    try:
+        with Image.open(file) as picture:
+            picture.load()
+            mode = picture.mode if picture.mode in ("L", "LA", "RGB", "RGBA") else "RGB"
+            array = np.asarray(picture.convert(mode))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise PreprocessError(f"{path}: not a readable picture ({exc})") from None
+    if array.ndim == 2:
+        array = array[..., None]
+    return torch.from_numpy(array.astype(np.float32) / 255.0)[None].to(device)
+
+
+def write_image(image, path: str) -> None:
+    """(1, H, W, 3) in [0, 1] -> 8-bit PNG (values outside [0, 1], e.g. inpaint's -1, are clipped)."""
+    from PIL import Image
+
+    from ._image import to_uint8
+
+    if image.shape[0] != 1:
+        logger.warning("batch of %d frames: writing the first to %s", image.shape[0], path)
+    pixels = to_uint8(image[0].clamp(0, 1)).cpu().numpy()
+    out = Path(path)
+    if out.parent and not out.parent.is_dir():
+        raise PreprocessError(f"{path}: the folder {out.parent} does not exist")
+    Image.fromarray(pixels).save(out)
