@@ -184,5 +184,5 @@ def create_controlnet_from_unet(unet_state_dict: Mapping[str, Tensor], *, hint_c
                               "U-Net (keys 'input_blocks...' or 'model.diffusion_model.input_blocks...').")
     net.load_state_dict({**own, **{k: unet_sd[k] for k in copied}}, strict=True)
     target = dtype or unet_sd["input_blocks.0.0.weight"].dtype
-    log.info("created a %s ControlNet from a U-Net (%d tensors copied)", config.family, len(copied))
+    log.debug("created a %s ControlNet from a U-Net (%d tensors copied)", config.family, len(copied))
     return net.to(target)
