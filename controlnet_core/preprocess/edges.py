@@ -56,11 +56,15 @@ def _canny_frames_opencv(image: torch.Tensor, out: torch.Tensor, low: float, hig
     import cv2
     import numpy as np
 
+    # Worker threads write through a NumPy view: inference mode (the host runs nodes in it) is thread-local, so a
+    # torch in-place write from a worker into an inference tensor would raise.
+    out_np = out.numpy()  # (B, H, W, 3) float32, shares memory with `out`
+
     def one(i: int) -> int:
         rgb = to_uint8(image[i].cpu()).numpy()  # (H, W, 3) uint8, contiguous
         edges = cv2.Canny(rgb, float(low), float(high))  # (H, W) uint8 in {0, 255}
         np.right_shift(edges, 7, out=edges)  # {0, 1}
-        out[i].copy_(torch.from_numpy(edges)[..., None].expand(-1, -1, 3))
+        out_np[i] = edges[..., None]  # broadcast to 3 channels
         return i
 
     total = image.shape[0]

@@ -154,6 +154,16 @@ def test_shape_range_dtype_and_determinism(name, small_batch):
         assert not torch.allclose(first, small_batch, atol=0.05)  # it did something
 
 
+@pytest.mark.parametrize("name", ALGORITHMIC)
+def test_runs_under_inference_mode_as_the_host_executes_nodes(name, small_batch):
+    """The host runs nodes under torch.inference_mode, which does not reach worker threads."""
+    extra = extra_inputs(name, small_batch)
+    expected = run(name, small_batch, **extra)
+    with torch.inference_mode():
+        got = run(name, small_batch.clone(), **extra)
+    assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("name", [n for n in ALGORITHMIC if PREPROCESSORS[n].frame_independent])
 def test_frame_independent_preprocessors_give_each_frame_its_own_result(name, small_batch):
     both = run(name, small_batch)
