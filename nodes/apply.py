@@ -1,0 +1,78 @@
+"""`ApplyControlNet` node: the host's ControlNetApplyAdvanced inputs, plus mask, control strength and resize mode."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..controlnet_core.errors import ControlNetError
+from . import host
+from .inputs import RESIZE_MODES, effect_mask, hint_from_image
+from .strength import ControlStrengthType
+
+
+class ApplyControlNet(io.ComfyNode):
+    """Thin node: validate, then attach a copy of the control to both conditionings (nodes/host.py)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ApplyControlNet",
+            display_name="Apply ControlNet (Core)",
+            category="conditioning/controlnet",
+            description="Adds a ControlNet to the positive and negative conditioning. Several applies are summed "
+                        "(ours and the host's, in either order). Same inputs as the host's Apply ControlNet, plus "
+                        "an effect mask, a control strength (modes, soft weights, schedule) and the hint resize "
+                        "mode.",
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="Positive conditioning (the prompt)."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning."),
+                io.ControlNet.Input("control_net", tooltip="From Load ControlNet (Core) or the host's Load "
+                                                           "ControlNet Model."),
+                io.Image.Input("image", tooltip="The hint, e.g. canny edges; resized to the latent x 8."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Multiplier of every residual; 0 leaves the conditioning untouched."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Sampling progress at which the control starts (0 = first step)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Sampling progress at which the control stops (1 = last step)."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Per-pixel effect: 1 = full control, 0 = none; resized to each block, per "
+                                      "batch item. Needs Load ControlNet (Core)."),
+                ControlStrengthType.Input("control_strength", optional=True,
+                                          tooltip="From ControlNet Strength (Core): control mode, soft weights, "
+                                                  "per-block and uncond multipliers, schedule."),
+                io.Vae.Input("vae", optional=True, tooltip="Only for host ControlNets that take a latent hint "
+                                                           "(SD3, Flux); ignored otherwise."),
+                io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="Crop and Resize", optional=True,
+                               tooltip="When the hint's aspect differs from the latent's: Crop and Resize (centre "
+                                       "crop, the host's behaviour), Just Resize (stretch), Resize and Fill (fit "
+                                       "inside, pad black)."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="positive",
+                                            tooltip="Positive conditioning carrying the control (chained after "
+                                                    "any earlier one)."),
+                     io.Conditioning.Output(display_name="negative",
+                                            tooltip="Negative conditioning carrying the same control object (cond "
+                                                    "and uncond run in one batch).")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, control_net, image, strength: float, start_percent: float,
+                end_percent: float, mask=None, control_strength=None, vae=None,
+                resize_mode: str = "Crop and Resize") -> io.NodeOutput:
+        if strength == 0:
+            return io.NodeOutput(positive, negative)
+        if resize_mode not in RESIZE_MODES:
+            raise ControlNetError(f"resize_mode {resize_mode!r} is unknown: choose one of {list(RESIZE_MODES)}.")
+        hint = hint_from_image(image)
+        mask = effect_mask(mask)
+        if host.is_core(control_net):
+            template = control_net.with_options(control_strength, mask, RESIZE_MODES[resize_mode])
+        elif mask is not None or control_strength is not None or resize_mode != "Crop and Resize":
+            raise ControlNetError(f"mask, control_strength and resize_mode need a ControlNet loaded with Load "
+                                  f"ControlNet (Core); this one ({type(control_net).__name__}) came from another "
+                                  "loader. Load the same file with Load ControlNet (Core), or disconnect them.")
+        else:
+            template = control_net
+        pos, neg = host.apply_to_conditioning(positive, negative, template, hint, strength,
+                                              (start_percent, end_percent), vae=vae)
+        return io.NodeOutput(pos, neg)

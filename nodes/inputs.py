@@ -1,0 +1,86 @@
+"""Parsing and checking node inputs: pure functions, no host import (tests and tools use them without a host).
+
+Preprocessor widgets come from the core registry. Shared resolution options keep their plain names
+(`resolution`, `resize_mode`, ...); a preprocessor's own options are named `<preprocessor>.<option>` (e.g.
+`canny.low_threshold`), so two preprocessors never fight over one widget and an API prompt says exactly which
+option it sets. Order = registry order, common options first: options appended at the end keep the positional
+widget values of saved UI workflows valid (regenerate workflows/ with tests/host/make_workflows.py otherwise).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..controlnet_core.errors import ControlNetError
+from ..controlnet_core.preprocess import COMMON_OPTIONS, PREPROCESSORS, Option
+
+RESIZE_MODES = {"Crop and Resize": "crop", "Just Resize": "just_resize", "Resize and Fill": "fill"}
+MIN_HINT_SIDE = 8  # one latent pixel; anything smaller carries no spatial information
+
+
+def widget_name(preprocessor: str, option: str) -> str:
+    """Input name of a preprocessor's own option."""
+    return f"{preprocessor}.{option}"
+
+
+def preprocessor_widgets() -> list[tuple[str, str | None, Option]]:
+    """(input name, owning preprocessor or None for a shared option, Option) for every option widget."""
+    widgets = [(o.name, None, o) for o in COMMON_OPTIONS]
+    for name, spec in PREPROCESSORS.items():
+        widgets += [(widget_name(name, o.name), name, o) for o in spec.options]
+    return widgets
+
+
+def options_for(preprocessor: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword options of `preprocessor` from the node's inputs (unset ones fall back to the core defaults)."""
+    chosen = {}
+    for input_name, owner, option in preprocessor_widgets():
+        if owner in (None, preprocessor) and inputs.get(input_name) is not None:
+            chosen[option.name] = inputs[input_name]
+    return chosen
+
+
+def parse_block_multipliers(text: str) -> tuple[float, ...] | None:
+    """'1, 1, 0.5' -> (1.0, 1.0, 0.5); blank -> None (every block 1). Order: skips shallow->deep, then middle."""
+    parts = [p.strip() for p in (text or "").replace(";", ",").split(",") if p.strip()]
+    if not parts:
+        return None
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise ControlNetError(f"block_multipliers {text!r} is not a comma-separated list of numbers; write e.g. "
+                              "'1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1' (SD1.x: 12 skips then the middle block; "
+                              "SDXL: 9 then the middle) or leave it empty.") from None
+
+
+def hint_from_image(image: torch.Tensor) -> torch.Tensor:
+    """Host IMAGE (B, H, W, C) in [0, 1] -> hint (B, 3, H, W); refuses empty, tiny, non-RGB and non-finite images."""
+    if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        raise ControlNetError(f"ControlNet image has shape {tuple(image.shape)}; expected an IMAGE (batch, height, "
+                              "width, 3): connect an image output (Load Image, a preprocessor).")
+    b, h, w, _ = image.shape
+    if b == 0:
+        raise ControlNetError("ControlNet image batch is empty: connect an image with at least one frame.")
+    if min(h, w) < MIN_HINT_SIDE:
+        raise ControlNetError(f"ControlNet image is {w}x{h} pixels; a hint needs at least "
+                              f"{MIN_HINT_SIDE}x{MIN_HINT_SIDE} (normally the size of the generated image).")
+    if not bool(torch.isfinite(image).all()):
+        raise ControlNetError("ControlNet image contains NaN or infinite values: check the node that made it "
+                              "(a preprocessor or an image operation) before applying the ControlNet.")
+    rgb = image[..., :3] if image.shape[-1] == 4 else image.expand(-1, -1, -1, 3)  # alpha dropped, gray -> RGB
+    return rgb.movedim(-1, 1)  # (B, 3, H, W), the host's convention (nodes.py ControlNetApplyAdvanced)
+
+
+def effect_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Host MASK (B, H, W) or (H, W) in [0, 1] -> the same, checked (its batch is matched to the latent's when
+    sampling: 1 mask, one per latent, or a divisor); None passes through."""
+    if mask is None:
+        return None
+    if mask.ndim not in (2, 3) or min(mask.shape[-2:]) < 1 or (mask.ndim == 3 and mask.shape[0] == 0):
+        raise ControlNetError(f"ControlNet mask has shape {tuple(mask.shape)}; expected a MASK (batch, height, "
+                              "width) or (height, width).")
+    if not bool(torch.isfinite(mask).all()):
+        raise ControlNetError("ControlNet mask contains NaN or infinite values.")
+    return mask.clamp(0.0, 1.0)

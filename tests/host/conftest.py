@@ -1,0 +1,66 @@
+"""Host test set-up: random SD1.5-architecture files, a base directory, one real ComfyUI server per session.
+
+Runs only when COMFYUI_PATH names a ComfyUI checkout; otherwise every test here is skipped with that reason.
+Model files are cached in `.host/models` (git-ignored; override with CONTROLNET_CORE_HOST_CACHE) because the
+random SD1.5 checkpoint is ~2 GB.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.host.assets import CHECKPOINT, CONTROLNETS, NOT_A_CONTROLNET, ensure_model_files, write_inputs
+from tests.host.server import Server, comfyui_path, comfyui_python, make_base_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.host)
+
+
+@pytest.fixture(scope="session")
+def comfyui() -> Path:
+    root = comfyui_path()
+    if root is None:
+        pytest.skip("host tests need a ComfyUI checkout: set COMFYUI_PATH=/path/to/ComfyUI (and COMFYUI_PYTHON if "
+                    "its interpreter is not in a venv next to it)")
+    if not (root / "main.py").exists():
+        pytest.fail(f"COMFYUI_PATH={root} has no main.py: point it at a ComfyUI checkout")
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_files(comfyui) -> dict[str, Path]:
+    """{name: cached file}: the random SD1.5 checkpoint (made by the host's python) and the ControlNets."""
+    return ensure_model_files(comfyui)
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="session")
+def server(comfyui, model_files, inputs, tmp_path_factory):
+    """A running host with this pack in custom_nodes; killed at the end of the session, whatever happens."""
+    base = make_base_dir(tmp_path_factory.mktemp("comfy_base"),
+                         {"checkpoints": {CHECKPOINT: model_files[CHECKPOINT]},
+                          "controlnet": {n: model_files[n] for n in (*CONTROLNETS, NOT_A_CONTROLNET)}},
+                         inputs)
+    host = Server(root=comfyui, base=base, python=comfyui_python(comfyui))
+    try:
+        host.start()
+        yield host
+    finally:
+        host.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(server) -> dict:
+    """{"ref_none", "ref_native", "ref_ours"} latents shared by the parity and control tests."""
+    from tests.host.graphs import reference_prompt
+
+    return server.run_latents(reference_prompt())
