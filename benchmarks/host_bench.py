@@ -1,0 +1,279 @@
+"""Host side of `make bench`, run by benchmarks/run.py with the HOST's python (it imports comfy):
+
+    $COMFYUI_PYTHON benchmarks/host_bench.py --comfyui COMFYUI_PATH [--repeats 3] [--json OUT] [--no-memory]
+
+The host's own code paths, same settings as the standalone part: an SD1.5 U-Net from a random fp16 state dict through
+`comfy.sd.load_diffusion_model_state_dict`, random fp16 ControlNet files loaded by the host
+(`comfy.controlnet.load_controlnet`, applied with the host's `ControlNetApplyAdvanced`) and by our nodes
+(`LoadControlNet` / `ApplyControlNet` `execute`), sampled with `comfy.sample.sample` (euler, normal, 4 steps,
+CFG 7, 256x256). One process; per repeat a native block then an ours block, each with its own U-Net-only run (only
+one side's nets are held at a time: U-Net + 3 nets is ~8 GB in fp32 on a CPU). Per configuration, in a fresh
+process, the peak resident set of the first sampling run, absolute and above the loaded state.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / ".bench" / "host_models"
+PACK = "controlnet_core_pack"  # the name our package gets here (the host uses the path; anything unique works)
+LATENT, STEPS, CFG = 32, 4, 7.0
+CONFIGS = {  # name -> (side, number of controls, cond-only)
+    "unet": ("none", 0, False),
+    "native-k1": ("native", 1, False), "native-k2": ("native", 2, False), "native-k3": ("native", 3, False),
+    "ours-k1": ("ours", 1, False), "ours-k2": ("ours", 2, False), "ours-k3": ("ours", 3, False),
+    "ours-k1-cond-only": ("ours", 1, True),
+}
+
+
+def setup_host(comfyui: Path) -> None:
+    """Import the host as a library: its root first on sys.path (its `nodes` module), ours last."""
+    sys.path.insert(0, str(comfyui))
+    sys.path.append(str(ROOT))
+    import comfy.cli_args
+    import torch
+
+    if not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True
+
+
+def random_like(shapes: dict[str, tuple[int, ...]], seed: int):
+    """fp16 random weights: norm scales ~1, biases small, N(0, 1/fan_in) (zero convs random, non-zero)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in shapes.items():
+        if len(shape) == 1 and key.endswith("weight"):
+            value = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif len(shape) == 1:
+            value = 0.02 * torch.randn(shape, generator=gen)
+        else:
+            value = torch.randn(shape, generator=gen) * math.prod(shape[1:]) ** -0.5
+        out[key] = value.to(torch.float16)
+    return out
+
+
+def unet_state_dict():
+    """Random fp16 SD1.5 U-Net, keys from the host's own UNetModel built on the meta device."""
+    import torch
+
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    with torch.device("meta"):
+        unet = UNetModel(image_size=32, in_channels=4, model_channels=320, out_channels=4, num_res_blocks=2,
+                         channel_mult=(1, 2, 4, 4), num_heads=8, use_spatial_transformer=True,
+                         transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+                         transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768,
+                         legacy=False, use_linear_in_transformer=False, device="meta",
+                         operations=comfy.ops.disable_weight_init)
+    return random_like({k: tuple(v.shape) for k, v in unet.state_dict().items()}, seed=100)
+
+
+def controlnet_files(n: int) -> list[str]:
+    """n random fp16 ldm ControlNet files (SD1.5) in .bench/host_models/controlnet, written once."""
+    import torch
+    from safetensors.torch import save_file
+
+    from controlnet_core.controlnet import ControlNet, ControlNetConfig
+
+    folder = MODELS / "controlnet"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(1, n + 1):
+        path = folder / f"bench_sd15_{i}.safetensors"
+        if not path.exists():
+            with torch.device("meta"):
+                shapes = {k: tuple(v.shape) for k, v in ControlNet(ControlNetConfig()).state_dict().items()}
+            save_file(random_like(shapes, seed=i), str(path.with_suffix(".partial")))
+            path.with_suffix(".partial").replace(path)
+        names.append(path.name)
+    return names
+
+
+def load_pack():
+    """Our package imported the way the host's custom-node loader does (a package at the repo root)."""
+    spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK] = module
+    spec.loader.exec_module(module)
+    return (importlib.import_module(f"{PACK}.nodes.load").LoadControlNet,
+            importlib.import_module(f"{PACK}.nodes.apply").ApplyControlNet,
+            importlib.import_module(f"{PACK}.controlnet_core.weights").ControlWeights)
+
+
+class Bench:
+    """Everything a configuration needs: the host model, both kinds of ControlNets, conditioning, hints."""
+
+    def __init__(self, n_nets: int):
+        import torch
+
+        import comfy.controlnet
+        import comfy.sd
+        import folder_paths
+
+        folder_paths.add_model_folder_path("controlnet", str(MODELS / "controlnet"), is_default=True)
+        names = controlnet_files(max(n_nets, 1))
+        self.model = comfy.sd.load_diffusion_model_state_dict(unet_state_dict())
+        gen = torch.Generator().manual_seed(0)
+        self.positive = [[torch.randn(1, 77, 768, generator=gen), {}]]
+        self.negative = [[torch.randn(1, 77, 768, generator=gen), {}]]
+        self.hints = [torch.rand(1, 8 * LATENT, 8 * LATENT, 3, generator=gen) for _ in range(3)]
+        self.latent = torch.zeros(1, 4, LATENT, LATENT)
+        self.paths = [folder_paths.get_full_path_or_raise("controlnet", name) for name in names]
+        self.names = names
+        self.native, self.ours = {}, {}
+        self.LoadControlNet, self.ApplyControlNet, self.ControlWeights = load_pack()
+        self._load = {"native": comfy.controlnet.load_controlnet}
+
+    def net(self, side: str, i: int):
+        """The i-th ControlNet of a side, loaded once."""
+        cache = self.native if side == "native" else self.ours
+        if i not in cache:
+            if side == "native":
+                cache[i] = self._load["native"](self.paths[i])
+            else:
+                cache[i] = self.LoadControlNet.execute(self.names[i]).result[0]
+        return cache[i]
+
+    def conditioning(self, config: str):
+        """(positive, negative) with the configuration's controls applied, chained as the apply nodes do."""
+        import nodes as host_nodes
+
+        side, k, cond_only = CONFIGS[config]
+        pos, neg = self.positive, self.negative
+        for i in range(k):
+            if side == "native":
+                pos, neg = host_nodes.ControlNetApplyAdvanced().apply_controlnet(
+                    pos, neg, self.net("native", i), self.hints[i], 1.0, 0.0, 1.0)
+            else:
+                strength = self.ControlWeights(mode="controlnet") if cond_only else None
+                pos, neg = self.ApplyControlNet.execute(pos, neg, self.net("ours", i), self.hints[i], 1.0, 0.0, 1.0,
+                                                        control_strength=strength).result
+        return pos, neg
+
+    def sample(self, config: str):
+        """One sampling run of a configuration (conditioning built fresh, as a queue run with a changed input)."""
+        import torch
+
+        import comfy.sample
+
+        pos, neg = self.conditioning(config)
+        noise = comfy.sample.prepare_noise(self.latent, 0)
+        with torch.inference_mode():
+            return comfy.sample.sample(self.model, noise, STEPS, CFG, "euler", "normal", pos, neg, self.latent,
+                                       denoise=1.0, disable_pbar=True, seed=0)
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident set (VmRSS) or its peak since the last reset (VmHWM), MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+
+
+def peak_child(config: str) -> dict:
+    """One configuration in this fresh process: models and nets loaded first, then the peak of the first sampling
+    run, absolute and above the resident set just before it (activations, hints, residual sets, caches)."""
+    import gc
+
+    import torch
+
+    bench = Bench(CONFIGS[config][1])
+    bench.conditioning(config)  # loads the nets outside the measured window
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2 ** 20
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+        base = rss_mb()
+    bench.sample(config)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else rss_mb("VmHWM")
+    return {"config": config, "peak_mb": peak, "delta_mb": peak - base}
+
+
+def free_side(bench: Bench, side: str) -> None:
+    """Drop one side's nets and let the host's memory management forget them (only one side fits in RAM)."""
+    import gc
+
+    import comfy.model_management
+
+    (bench.native if side == "native" else bench.ours).clear()
+    comfy.model_management.unload_all_models()
+    gc.collect()
+    comfy.model_management.soft_empty_cache()
+
+
+def time_sides(bench: Bench, repeats: int) -> tuple[dict, dict]:
+    """Wall and CPU seconds per (side, config): per repeat a native block then an ours block, each with its own
+    U-Net-only run, in this one process (one side's nets loaded at a time).
+
+    The U-Net-only run comes last in each block: measured here, the host's U-Net runs ~15-20 % slower per step once a
+    ControlNet has been loaded next to it (2.5 -> 3.0 s/step on this CPU, until the models are unloaded), so the
+    baseline is taken in the same state as the control runs it divides.
+    """
+    blocks = {side: [*(c for c, (s, _, _) in CONFIGS.items() if s == side), "unet"] for side in ("native", "ours")}
+    seconds = {side: {c: [] for c in configs} for side, configs in blocks.items()}
+    cpu = {side: {c: [] for c in configs} for side, configs in blocks.items()}
+    for r in range(-1, repeats):  # r = -1: warm-up (loads, allocator, kernel choice), not recorded
+        for side, configs in blocks.items():
+            for config in configs:
+                bench.conditioning(config)  # loads this side's nets before the clock starts
+                t0, c0 = time.perf_counter(), time.process_time()
+                bench.sample(config)
+                if r >= 0:
+                    seconds[side][config].append(time.perf_counter() - t0)
+                    cpu[side][config].append(time.process_time() - c0)
+                    print(f"host run {r + 1} {config:18s} {seconds[side][config][-1]:.2f} s", file=sys.stderr,
+                          flush=True)
+            free_side(bench, side)
+    return seconds, cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--comfyui", required=True, type=Path)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=ROOT / ".bench" / "host.json")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--peak", choices=list(CONFIGS))
+    args = parser.parse_args(argv)
+    setup_host(args.comfyui.resolve())
+    if args.peak:
+        print(json.dumps(peak_child(args.peak)))
+        return 0
+    seconds, cpu = time_sides(Bench(3), args.repeats)
+    peaks = {}
+    if not args.no_memory:
+        for config in CONFIGS:
+            cmd = [sys.executable, __file__, "--comfyui", str(args.comfyui), "--peak", config]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"host peak child {config} failed:\n{done.stderr[-2000:]}")
+            peaks[config] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"host peak {config:18s} {peaks[config]['peak_mb']:.0f} MiB "
+                  f"(+{peaks[config]['delta_mb']:.0f} while sampling)", file=sys.stderr, flush=True)
+    result = {}
+    for side in ("native", "ours"):
+        names = {"unet": "unet", **{c.split("-", 1)[1]: c for c in CONFIGS if c.startswith(side + "-")}}
+        result[side] = {"seconds": {k: seconds[side][c] for k, c in names.items()},
+                        "cpu_seconds": {k: cpu[side][c] for k, c in names.items()},
+                        "peaks": {k: peaks[c] for k, c in names.items() if c in peaks}}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

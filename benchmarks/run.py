@@ -1,0 +1,300 @@
+"""`make bench`: per-run cost ratio (U-Net + k controls) / (U-Net), ours vs the host's native vs the FLOP ideal.
+
+    python -m benchmarks.run [--repeats 3] [--device cpu] [--no-memory]
+    COMFYUI_PATH=/path/to/ComfyUI python -m benchmarks.run        # adds the host's native ControlNet side by side
+
+Settings (issue 4): SD1.5 architecture, random fp16 weights (cast once to the compute dtype), 256x256 image
+(32x32 latent), 4 Euler steps, CFG 7 (cond + uncond in one batch of 2), median of `--repeats` runs, the
+configurations interleaved so machine load hits them alike. Peak memory: each configuration in a fresh
+subprocess, peak resident set size during the sampling run (VmHWM reset after loading) or CUDA max allocated.
+Writes the table to stdout and to .bench/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .sampling import CFG, CONFIGS, LATENT, STEPS, controls_for, inputs, sample, sd15_controlnet, sd15_unet
+
+log = logging.getLogger("benchmarks")
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / ".bench" / "results.md"
+LABELS = {
+    "unet": "U-Net only (k=0)",
+    "k1": "k=1 Balanced",
+    "k2": "k=2 Balanced",
+    "k3": "k=3 Balanced",
+    "k1-cond-only": "k=1 ControlNet is more important (cond-only)",
+    "k1-reuse2": "k=1 reuse residuals every 2 steps (approx.)",
+}
+
+
+# --------------------------------------------------------------------------------------------------- timing
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work (timing only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_configs(configs: list[str], repeats: int, device: torch.device, dtype: torch.dtype
+                 ) -> tuple[dict, dict, dict]:
+    """({config: [wall seconds]}, {config: [process CPU seconds]}, {config: final latent of the first run}),
+    configurations interleaved."""
+    from controlnet_core.engine import ResidualEngine
+
+    n_nets = max(CONFIGS[c][0] for c in configs)
+    log.info("building the SD1.5 U-Net and %d ControlNets (random fp16 weights -> %s on %s)", n_nets, dtype, device)
+    unet = sd15_unet(device, dtype)
+    nets = [sd15_controlnet(1 + i, device, dtype) for i in range(n_nets)]
+    data = inputs(device, dtype)
+    engine = ResidualEngine()
+    seconds = {c: [] for c in configs}
+    cpu = {c: [] for c in configs}
+    latents = {}
+    sample(unet, controls_for("k1", nets, data["hints"]) if nets else [], engine, data["noise"], data["cond"],
+           data["uncond"], steps=1)  # warm-up: allocator and kernel selection
+    for r in range(repeats):
+        for config in configs:
+            controls = controls_for(config, nets, data["hints"])  # fresh: the hint is encoded once in this run
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            x = sample(unet, controls, engine, data["noise"], data["cond"], data["uncond"])
+            sync(device)
+            seconds[config].append(time.perf_counter() - t0)
+            cpu[config].append(time.process_time() - c0)
+            latents.setdefault(config, x.float().cpu())
+            log.info("run %d %-14s %.2f s", r + 1, config, seconds[config][-1])
+    return seconds, cpu, latents
+
+
+# --------------------------------------------------------------------------------------------------- FLOPs
+
+def flop_counts() -> dict[str, float]:
+    """GFLOP of one step's pieces, counted by torch.utils.flop_counter on the meta device (SDPA decomposes)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from controlnet_core.controlnet import ControlNet, ControlNetConfig
+    from controlnet_core.unet import ControlledUNet, UNetConfig
+
+    with torch.device("meta"):
+        unet, net = ControlledUNet(UNetConfig()), ControlNet(ControlNetConfig())
+        x2, x1 = torch.empty(2, 4, LATENT, LATENT), torch.empty(1, 4, LATENT, LATENT)
+        t2, t1 = torch.empty(2), torch.empty(1)
+        c2, c1 = torch.empty(2, 77, 768), torch.empty(1, 77, 768)
+        h2, h1 = torch.empty(2, 3, 8 * LATENT, 8 * LATENT), torch.empty(1, 3, 8 * LATENT, 8 * LATENT)
+
+    def count(fn) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops() / 1e9
+
+    return {
+        "unet": count(lambda: unet(x2, t2, c2)),
+        "cn_batch2": count(lambda: net(x2, h2, t2, c2)),  # hint encoder at 2 rows, as the host runs it
+        "hint_batch2": count(lambda: net.encode_hint(h2)),
+        "hint_batch1": count(lambda: net.encode_hint(h1)),
+        "cn_batch1": count(lambda: net(x1, h1, t1, c1)),
+    }
+
+
+def ideal_ratios(g: dict[str, float], steps: int = STEPS) -> dict[str, dict[str, float]]:
+    """FLOP ratios per configuration: as the host runs it (hint every step) and as we run it (hint once)."""
+    body2 = g["cn_batch2"] - g["hint_batch2"]  # one ControlNet step without the hint encoder, 2 rows
+    body1 = g["cn_batch1"] - g["hint_batch1"]
+    once = g["hint_batch1"] / steps  # one hint-encoder pass per run, spread over the steps
+    u = g["unet"]
+    out = {"unet": {"host": 1.0, "ours": 1.0}}
+    for k in (1, 2, 3):
+        out[f"k{k}"] = {"host": (u + k * g["cn_batch2"]) / u, "ours": (u + k * (body2 + once)) / u}
+    out["k1-cond-only"] = {"host": (u + g["cn_batch2"]) / u, "ours": (u + body1 + once) / u}
+    out["k1-reuse2"] = {"host": (u + g["cn_batch2"]) / u, "ours": (u + body2 / 2 + once) / u}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- memory
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident set (VmRSS) or its peak since the last reset (VmHWM), MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+
+
+def peak_child(config: str, device: torch.device, dtype: torch.dtype) -> dict:
+    """One configuration in this fresh process: models loaded, then the peak of the first sampling run, absolute
+    and above the resident set just before it (activations, hint features, residual sets, caches)."""
+    import gc
+
+    from controlnet_core.engine import ResidualEngine
+
+    k = CONFIGS[config][0]
+    unet = sd15_unet(device, dtype)
+    nets = [sd15_controlnet(1 + i, device, dtype) for i in range(k)]
+    data = inputs(device, dtype)
+    controls = controls_for(config, nets, data["hints"])
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2 ** 20
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS (Linux)
+        base = rss_mb()
+    sample(unet, controls, ResidualEngine(), data["noise"], data["cond"], data["uncond"])
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else rss_mb("VmHWM")
+    return {"config": config, "peak_mb": peak, "delta_mb": peak - base}
+
+
+def measure_peaks(configs: list[str], device: str) -> dict[str, dict]:
+    """Peak memory per configuration, each in a fresh `python -m benchmarks.run --peak CONFIG` process."""
+    peaks = {}
+    for config in configs:
+        cmd = [sys.executable, "-m", "benchmarks.run", "--peak", config, "--device", device]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"peak-memory child for {config} failed:\n{done.stderr[-2000:]}")
+        peaks[config] = json.loads(done.stdout.strip().splitlines()[-1])
+        log.info("peak %-14s %.0f MiB (+%.0f while sampling)", config, peaks[config]["peak_mb"],
+                 peaks[config]["delta_mb"])
+    return peaks
+
+
+# --------------------------------------------------------------------------------------------------- host
+
+def host_python(comfyui: Path) -> str:
+    """COMFYUI_PYTHON, else the venv next to the checkout, else python3."""
+    if os.environ.get("COMFYUI_PYTHON"):
+        return os.environ["COMFYUI_PYTHON"]
+    venv = comfyui.parent / "venv" / "bin" / "python"
+    return str(venv) if venv.exists() else "python3"
+
+
+def run_host(comfyui: Path, repeats: int, memory: bool) -> dict:
+    """benchmarks/host_bench.py in the host's interpreter: native vs ours through our nodes, same settings."""
+    out = ROOT / ".bench" / "host.json"
+    cmd = [host_python(comfyui), str(ROOT / "benchmarks" / "host_bench.py"), "--comfyui", str(comfyui),
+           "--repeats", str(repeats), "--json", str(out)] + ([] if memory else ["--no-memory"])
+    log.info("host benchmark: %s", " ".join(cmd))
+    done = subprocess.run(cmd, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"host benchmark failed (exit {done.returncode}; -9 is usually out of memory); "
+                           f"command: {' '.join(cmd)}")
+    return json.loads(out.read_text())
+
+
+# --------------------------------------------------------------------------------------------------- report
+
+def deviation(latents: dict) -> dict[str, float] | None:
+    """Reuse quality: final-latent distance to computing every step, relative to the latent and to the control's
+    own effect on it."""
+    if not {"k1", "k1-reuse2", "unet"} <= latents.keys():
+        return None
+    every, reuse, plain = latents["k1"], latents["k1-reuse2"], latents["unet"]
+    diff = (reuse - every).norm().item()
+    return {"rel_latent": diff / every.norm().item(), "rel_effect": diff / (every - plain).norm().item()}
+
+
+def fmt(v, spec=".2f", suffix=""):
+    return "–" if v is None else f"{v:{spec}}{suffix}"
+
+
+def fmt_peak(p: dict | None) -> str:
+    """"peak (+while sampling)" in MiB."""
+    return "–" if not p else f"{p['peak_mb']:.0f} (+{p['delta_mb']:.0f})"
+
+
+def table(configs, seconds, ideals, peaks, host, dev, key="seconds", memory=True) -> str:
+    """Markdown table: one row per configuration (key "seconds": wall time, "cpu_seconds": process CPU time)."""
+    med = {c: statistics.median(s) for c, s in seconds.items()}
+    base = med["unet"]
+    hmed = {side: {c: statistics.median(s) for c, s in host[side][key].items()} for side in ("native", "ours")} \
+        if host else None
+    head = ["configuration", "ours s/run", "ours ratio", "FLOP ideal (ours)"]
+    if host:
+        head += ["ours in host ratio", "native ratio", "FLOP ideal (native)"]
+    if memory:
+        head += ["peak MiB ours (+sampling)"] + (["… ours in host", "… native"] if host else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in configs:
+        row = [LABELS[c], fmt(med[c]), fmt(med[c] / base), fmt(ideals[c]["ours"])]
+        if host:
+            hn, ho = hmed["native"], hmed["ours"]
+            row += [fmt(ho[c] / ho["unet"] if c in ho else None),
+                    fmt(hn[c] / hn["unet"] if c in hn else None),
+                    fmt(ideals[c]["host"])]
+        if memory:
+            row += [fmt_peak(peaks.get(c))]
+        if memory and host:
+            row += [fmt_peak(host["ours"]["peaks"].get(c)), fmt_peak(host["native"]["peaks"].get(c))]
+        lines.append("| " + " | ".join(row) + " |")
+    dev_line = "" if dev is None else (
+        f"\nResidual reuse every 2 steps: final latent differs from computing every step by "
+        f"{dev['rel_latent']:.2%} of the latent norm, {dev['rel_effect']:.1%} of the control's own effect on the latent.")
+    return "\n".join(lines) + dev_line
+
+
+def header(device, dtype, repeats, load_before, load_after) -> str:
+    return (f"SD1.5 architecture, random fp16 weights computed as {dtype} on {device}, {8 * LATENT}x{8 * LATENT} "
+            f"image ({LATENT}x{LATENT} latent), {STEPS} Euler steps, CFG {CFG:g} (batch 2), median of {repeats} "
+            f"runs, configurations interleaved. torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{platform.processor() or platform.machine()}; load average {load_before:.2f} before, "
+            f"{load_after:.2f} after. Ratio = run time / U-Net-only run time. Peak = resident set of the first "
+            f"sampling run in a fresh process (weights included; in brackets: above the loaded state), or CUDA max "
+            f"allocated.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-host", action="store_true", help="ignore COMFYUI_PATH")
+    parser.add_argument("--peak", choices=list(CONFIGS), help=argparse.SUPPRESS)  # child mode
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if args.peak:
+        print(json.dumps(peak_child(args.peak, device, dtype)))
+        return 0
+    configs = ["unet", *[c for c in args.configs if c != "unet"]]
+    load_before = os.getloadavg()[0]
+    ideals = ideal_ratios(flop_counts())
+    seconds, cpu, latents = time_configs(configs, args.repeats, device, dtype)
+    peaks = {} if args.no_memory else measure_peaks(configs, args.device)
+    standalone = {"seconds": seconds, "cpu_seconds": cpu, "ideals": ideals, "peaks": peaks,
+                  "reuse": deviation(latents)}
+    write(configs, standalone, None, header(device, dtype, args.repeats, load_before, os.getloadavg()[0]))
+    comfyui = os.environ.get("COMFYUI_PATH")
+    if comfyui and not args.no_host:
+        host = run_host(Path(comfyui), args.repeats, not args.no_memory)
+        write(configs, standalone, host, header(device, dtype, args.repeats, load_before, os.getloadavg()[0]))
+    return 0
+
+
+def write(configs: list[str], st: dict, host: dict | None, head: str) -> None:
+    """Print the tables and write .bench/results.md and results.json."""
+    report = (head + "\n\n" + table(configs, st["seconds"], st["ideals"], st["peaks"], host, st["reuse"]) + "\n\n"
+              + "Same runs, ratios of process CPU time (less sensitive to other processes on a shared machine):\n\n"
+              + table(configs, st["cpu_seconds"], st["ideals"], st["peaks"], host, None, key="cpu_seconds",
+                      memory=False) + "\n")
+    print(report, flush=True)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(f"# make bench ({time.strftime('%Y-%m-%d %H:%M')})\n\n{report}")
+    (RESULTS.parent / "results.json").write_text(json.dumps({**st, "host": host}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
