@@ -30,15 +30,6 @@ FAMILY = {"tiny-sd15": "sd1", "tiny-sd21": "sd2", "tiny-sdxl": "sdxl"}
 DTYPE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and fair to a shared machine (set before the module's other fixtures)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def expected(spec: str) -> dict:
     """What inspect must report, computed from the fixture's key/shape table (not from our code)."""
     shapes = controlnet_ldm_shapes(SPECS[spec])

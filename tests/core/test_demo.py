@@ -22,15 +22,6 @@ from controlnet_core.demo import (
 SMALL = DemoSettings(size=128, steps=3, seed=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and fair to a shared machine (set before the module's other fixtures)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def hint() -> torch.Tensor:
     return canny_hint(sample_image(SMALL.size))

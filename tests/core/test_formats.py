@@ -28,15 +28,6 @@ from tests.fixtures import SPECS, controlnet_ldm_shapes, random_controlnet_state
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and fair to a shared machine (set before the module's other fixtures)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------------ helpers
 
 def meta_state_dict(spec: str) -> dict[str, torch.Tensor]:
