@@ -1,14 +1,15 @@
 """Host side of `make bench`, run by benchmarks/run.py with the HOST's python (it imports comfy):
 
-    $COMFYUI_PYTHON benchmarks/host_bench.py --comfyui COMFYUI_PATH [--repeats 3] [--json OUT] [--no-memory]
+    $COMFYUI_PYTHON benchmarks/host_bench.py --comfyui COMFYUI_PATH [--repeats 3] [--json OUT]
+    $COMFYUI_PYTHON benchmarks/host_bench.py --comfyui COMFYUI_PATH --peak CONFIG
 
 The host's own code paths, same settings as the standalone part: an SD1.5 U-Net from a random fp16 state dict through
 `comfy.sd.load_diffusion_model_state_dict`, random fp16 ControlNet files loaded by the host
 (`comfy.controlnet.load_controlnet`, applied with the host's `ControlNetApplyAdvanced`) and by our nodes
 (`LoadControlNet` / `ApplyControlNet` `execute`), sampled with `comfy.sample.sample` (euler, normal, 4 steps,
-CFG 7, 256x256). One process; per repeat a native block then an ours block, each with its own U-Net-only run (only
-one side's nets are held at a time: U-Net + 3 nets is ~8 GB in fp32 on a CPU). Per configuration, in a fresh
-process, the peak resident set of the first sampling run, absolute and above the loaded state.
+CFG 7, 256x256). Timing: one process holding both sides, runs in `benchmarks.timing.schedule` order, one JSON
+record per run (run.py turns them into ratios). `--peak`: one configuration in a fresh process, the peak resident
+set of its first sampling run, absolute and above the loaded state.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import importlib
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -203,42 +203,24 @@ def peak_child(config: str) -> dict:
     return {"config": config, "peak_mb": peak, "delta_mb": peak - base}
 
 
-def free_side(bench: Bench, side: str) -> None:
-    """Drop one side's nets and let the host's memory management forget them (only one side fits in RAM)."""
-    import gc
+def time_runs(bench: Bench, repeats: int) -> list[dict]:
+    """Every configuration of both sides in one process, in `timing.schedule` order (each run between two
+    U-Net-only runs); one record per run: config, wall seconds, process CPU seconds. Both sides' nets stay loaded
+    (U-Net + 6 nets is ~12 GB in fp32), so native and ours are measured in the same state."""
+    from benchmarks.timing import schedule
 
-    import comfy.model_management
-
-    (bench.native if side == "native" else bench.ours).clear()
-    comfy.model_management.unload_all_models()
-    gc.collect()
-    comfy.model_management.soft_empty_cache()
-
-
-def time_sides(bench: Bench, repeats: int) -> tuple[dict, dict]:
-    """Wall and CPU seconds per (side, config): per repeat a native block then an ours block, each with its own
-    U-Net-only run, in this one process (one side's nets loaded at a time).
-
-    The U-Net-only run comes last in each block: measured here, the host's U-Net runs ~15-20 % slower per step once a
-    ControlNet has been loaded next to it (2.5 -> 3.0 s/step on this CPU, until the models are unloaded), so the
-    baseline is taken in the same state as the control runs it divides.
-    """
-    blocks = {side: [*(c for c, (s, _, _) in CONFIGS.items() if s == side), "unet"] for side in ("native", "ours")}
-    seconds = {side: {c: [] for c in configs} for side, configs in blocks.items()}
-    cpu = {side: {c: [] for c in configs} for side, configs in blocks.items()}
-    for r in range(-1, repeats):  # r = -1: warm-up (loads, allocator, kernel choice), not recorded
-        for side, configs in blocks.items():
-            for config in configs:
-                bench.conditioning(config)  # loads this side's nets before the clock starts
-                t0, c0 = time.perf_counter(), time.process_time()
-                bench.sample(config)
-                if r >= 0:
-                    seconds[side][config].append(time.perf_counter() - t0)
-                    cpu[side][config].append(time.process_time() - c0)
-                    print(f"host run {r + 1} {config:18s} {seconds[side][config][-1]:.2f} s", file=sys.stderr,
-                          flush=True)
-            free_side(bench, side)
-    return seconds, cpu
+    for config in CONFIGS:  # warm-up, not recorded: loads every net, allocator and kernel choice
+        bench.conditioning(config)
+    bench.sample("ours-k1")
+    records = []
+    for config in schedule(list(CONFIGS), repeats):
+        bench.conditioning(config)  # built before the clock starts, as a queue run with a changed input
+        t0, c0 = time.perf_counter(), time.process_time()
+        bench.sample(config)
+        records.append({"config": config, "seconds": time.perf_counter() - t0,
+                        "cpu_seconds": time.process_time() - c0})
+        print(f"host run {len(records):3d} {config:18s} {records[-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,32 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comfyui", required=True, type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=ROOT / ".bench" / "host.json")
-    parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--peak", choices=list(CONFIGS))
+    parser.add_argument("--peak", choices=list(CONFIGS), help="peak memory of one configuration (fresh process)")
     args = parser.parse_args(argv)
     setup_host(args.comfyui.resolve())
     if args.peak:
         print(json.dumps(peak_child(args.peak)))
         return 0
-    seconds, cpu = time_sides(Bench(3), args.repeats)
-    peaks = {}
-    if not args.no_memory:
-        for config in CONFIGS:
-            cmd = [sys.executable, __file__, "--comfyui", str(args.comfyui), "--peak", config]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"host peak child {config} failed:\n{done.stderr[-2000:]}")
-            peaks[config] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"host peak {config:18s} {peaks[config]['peak_mb']:.0f} MiB "
-                  f"(+{peaks[config]['delta_mb']:.0f} while sampling)", file=sys.stderr, flush=True)
-    result = {}
-    for side in ("native", "ours"):
-        names = {"unet": "unet", **{c.split("-", 1)[1]: c for c in CONFIGS if c.startswith(side + "-")}}
-        result[side] = {"seconds": {k: seconds[side][c] for k, c in names.items()},
-                        "cpu_seconds": {k: cpu[side][c] for k, c in names.items()},
-                        "peaks": {k: peaks[c] for k, c in names.items() if c in peaks}}
+    records = time_runs(Bench(3), args.repeats)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1))
+    args.json.write_text(json.dumps(records, indent=1))
     return 0
 
 

@@ -4,9 +4,11 @@
     COMFYUI_PATH=/path/to/ComfyUI python -m benchmarks.run        # adds the host's native ControlNet side by side
 
 Settings (issue 4): SD1.5 architecture, random fp16 weights (cast once to the compute dtype), 256x256 image
-(32x32 latent), 4 Euler steps, CFG 7 (cond + uncond in one batch of 2), median of `--repeats` runs, the
-configurations interleaved so machine load hits them alike. Peak memory: each configuration in a fresh
-subprocess, peak resident set size during the sampling run (VmHWM reset after loading) or CUDA max allocated.
+(32x32 latent), 4 Euler steps, CFG 7 (cond + uncond in one batch of 2), `--repeats` runs each (default 3). Each
+run sits between two U-Net-only runs and its ratio is taken against their mean (benchmarks/timing.py), so load from
+other processes that drifts over the run cancels. The host side (when COMFYUI_PATH is set) runs first, both
+sides in one host process. Peak memory: each configuration in a fresh subprocess, peak resident set size during the
+sampling run (VmHWM reset after loading) or CUDA max allocated.
 Writes the table to stdout and to .bench/results.md.
 """
 from __future__ import annotations
@@ -24,11 +26,17 @@ from pathlib import Path
 
 import torch
 
+from .host_bench import CONFIGS as HOST_CONFIGS
 from .sampling import CFG, CONFIGS, LATENT, STEPS, controls_for, inputs, sample, sd15_controlnet, sd15_unet
+from .timing import schedule, summary
 
 log = logging.getLogger("benchmarks")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / ".bench" / "results.md"
+# Peak-memory children: every allocation above 64 KiB is its own mmap, returned to the system when freed, so the
+# resident set follows the live tensors rather than what glibc keeps of freed heap (one setting for both sides;
+# without it the same run's peak moves by ~150 MiB from process to process).
+PEAK_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
 LABELS = {
     "unet": "U-Net only (k=0)",
     "k1": "k=1 Balanced",
@@ -48,9 +56,9 @@ def sync(device: torch.device) -> None:
 
 
 def time_configs(configs: list[str], repeats: int, device: torch.device, dtype: torch.dtype
-                 ) -> tuple[dict, dict, dict]:
-    """({config: [wall seconds]}, {config: [process CPU seconds]}, {config: final latent of the first run}),
-    configurations interleaved."""
+                 ) -> tuple[list[dict], dict]:
+    """One record per run ({config, seconds, cpu_seconds}) in `timing.schedule` order, and {config: final latent
+    of its first run}."""
     from controlnet_core.engine import ResidualEngine
 
     n_nets = max(CONFIGS[c][0] for c in configs)
@@ -59,23 +67,20 @@ def time_configs(configs: list[str], repeats: int, device: torch.device, dtype: 
     nets = [sd15_controlnet(1 + i, device, dtype) for i in range(n_nets)]
     data = inputs(device, dtype)
     engine = ResidualEngine()
-    seconds = {c: [] for c in configs}
-    cpu = {c: [] for c in configs}
-    latents = {}
+    records, latents = [], {}
     sample(unet, controls_for("k1", nets, data["hints"]) if nets else [], engine, data["noise"], data["cond"],
            data["uncond"], steps=1)  # warm-up: allocator and kernel selection
-    for r in range(repeats):
-        for config in configs:
-            controls = controls_for(config, nets, data["hints"])  # fresh: the hint is encoded once in this run
-            sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            x = sample(unet, controls, engine, data["noise"], data["cond"], data["uncond"])
-            sync(device)
-            seconds[config].append(time.perf_counter() - t0)
-            cpu[config].append(time.process_time() - c0)
-            latents.setdefault(config, x.float().cpu())
-            log.info("run %d %-14s %.2f s", r + 1, config, seconds[config][-1])
-    return seconds, cpu, latents
+    for config in schedule(configs, repeats):
+        controls = controls_for(config, nets, data["hints"])  # fresh: the hint is encoded once in this run
+        sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        x = sample(unet, controls, engine, data["noise"], data["cond"], data["uncond"])
+        sync(device)
+        records.append({"config": config, "seconds": time.perf_counter() - t0,
+                        "cpu_seconds": time.process_time() - c0})
+        latents.setdefault(config, x.float().cpu())
+        log.info("run %3d %-14s %.2f s", len(records), config, records[-1]["seconds"])
+    return records, latents
 
 
 # --------------------------------------------------------------------------------------------------- FLOPs
@@ -156,16 +161,16 @@ def peak_child(config: str, device: torch.device, dtype: torch.dtype) -> dict:
     return {"config": config, "peak_mb": peak, "delta_mb": peak - base}
 
 
-def measure_peaks(configs: list[str], device: str) -> dict[str, dict]:
-    """Peak memory per configuration, each in a fresh `python -m benchmarks.run --peak CONFIG` process."""
+def measure_peaks(commands: dict[str, list[str]], label: str = "peak") -> dict[str, dict]:
+    """{config: {peak_mb, delta_mb}}, each configuration's command run in a fresh process with PEAK_ENV."""
     peaks = {}
-    for config in configs:
-        cmd = [sys.executable, "-m", "benchmarks.run", "--peak", config, "--device", device]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    for config, cmd in commands.items():
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, env=PEAK_ENV)
         if done.returncode != 0:
-            raise RuntimeError(f"peak-memory child for {config} failed:\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"peak-memory child for {config} failed (exit {done.returncode}; -9 is usually out "
+                               f"of memory):\n{done.stderr[-2000:]}")
         peaks[config] = json.loads(done.stdout.strip().splitlines()[-1])
-        log.info("peak %-14s %.0f MiB (+%.0f while sampling)", config, peaks[config]["peak_mb"],
+        log.info("%s %-18s %.0f MiB (+%.0f while sampling)", label, config, peaks[config]["peak_mb"],
                  peaks[config]["delta_mb"])
     return peaks
 
@@ -181,16 +186,18 @@ def host_python(comfyui: Path) -> str:
 
 
 def run_host(comfyui: Path, repeats: int, memory: bool) -> dict:
-    """benchmarks/host_bench.py in the host's interpreter: native vs ours through our nodes, same settings."""
+    """benchmarks/host_bench.py in the host's interpreter: native vs ours through our nodes, same settings.
+    {"native": {"runs", "peaks"}, "ours": {...}}, configurations named as here (k1, k2, ...)."""
     out = ROOT / ".bench" / "host.json"
-    cmd = [host_python(comfyui), str(ROOT / "benchmarks" / "host_bench.py"), "--comfyui", str(comfyui),
-           "--repeats", str(repeats), "--json", str(out)] + ([] if memory else ["--no-memory"])
-    log.info("host benchmark: %s", " ".join(cmd))
-    done = subprocess.run(cmd, cwd=ROOT, check=False)
+    script = [host_python(comfyui), str(ROOT / "benchmarks" / "host_bench.py"), "--comfyui", str(comfyui)]
+    log.info("host benchmark: %s", " ".join(script))
+    done = subprocess.run(script + ["--repeats", str(repeats), "--json", str(out)], cwd=ROOT, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"host benchmark failed (exit {done.returncode}; -9 is usually out of memory); "
-                           f"command: {' '.join(cmd)}")
-    return json.loads(out.read_text())
+                           f"command: {' '.join(script)}")
+    runs = json.loads(out.read_text())
+    peaks = measure_peaks({c: script + ["--peak", c] for c in HOST_CONFIGS}, "host peak") if memory else {}
+    return {"runs": runs, "peaks": peaks}
 
 
 # --------------------------------------------------------------------------------------------------- report
@@ -214,42 +221,72 @@ def fmt_peak(p: dict | None) -> str:
     return "–" if not p else f"{p['peak_mb']:.0f} (+{p['delta_mb']:.0f})"
 
 
-def table(configs, seconds, ideals, peaks, host, dev, key="seconds", memory=True) -> str:
-    """Markdown table: one row per configuration (key "seconds": wall time, "cpu_seconds": process CPU time)."""
-    med = {c: statistics.median(s) for c, s in seconds.items()}
-    base = med["unet"]
-    hmed = {side: {c: statistics.median(s) for c, s in host[side][key].items()} for side in ("native", "ours")} \
-        if host else None
+def host_name(side: str, config: str) -> str:
+    """The host benchmark's name of a configuration ("unet" is shared by both sides)."""
+    return config if config == "unet" else f"{side}-{config}"
+
+
+def summaries(st: dict, host: dict | None, key: str) -> dict[str, dict]:
+    """{"ours" | "ours in host" | "native": {config: summary}} of wall ("seconds") or CPU ("cpu_seconds") time."""
+    def pairs(runs):
+        return [(r["config"], r[key]) for r in runs]
+
+    out = {"ours": summary(pairs(st["runs"]))}
+    if host:
+        h = summary(pairs(host["runs"]))
+        for side, label in (("ours", "ours in host"), ("native", "native")):
+            out[label] = {c: h[host_name(side, c)] for c in LABELS if host_name(side, c) in h}
+    return out
+
+
+def fmt_ratio(s: dict | None) -> str:
+    """"median (lowest–highest)" of paired ratios."""
+    return "–" if s is None else f"{s['ratio']:.2f} ({s['low']:.2f}–{s['high']:.2f})"
+
+
+def table(configs, st: dict, host: dict | None) -> str:
+    """Headline table: wall-clock cost ratios (median of paired ratios, range), FLOP ideals and peak memory."""
+    sums = summaries(st, host, "seconds")
     head = ["configuration", "ours s/run", "ours ratio", "FLOP ideal (ours)"]
     if host:
         head += ["ours in host ratio", "native ratio", "FLOP ideal (native)"]
-    if memory:
-        head += ["peak MiB ours (+sampling)"] + (["… ours in host", "… native"] if host else [])
+    head += ["peak MiB ours (+sampling)"] + (["… ours in host", "… native"] if host else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in configs:
-        row = [LABELS[c], fmt(med[c]), fmt(med[c] / base), fmt(ideals[c]["ours"])]
+        ours = sums["ours"][c]
+        row = [LABELS[c], fmt(ours["seconds"]), fmt_ratio(ours), fmt(st["ideals"][c]["ours"])]
         if host:
-            hn, ho = hmed["native"], hmed["ours"]
-            row += [fmt(ho[c] / ho["unet"] if c in ho else None),
-                    fmt(hn[c] / hn["unet"] if c in hn else None),
-                    fmt(ideals[c]["host"])]
-        if memory:
-            row += [fmt_peak(peaks.get(c))]
-        if memory and host:
-            row += [fmt_peak(host["ours"]["peaks"].get(c)), fmt_peak(host["native"]["peaks"].get(c))]
+            row += [fmt_ratio(sums["ours in host"].get(c)), fmt_ratio(sums["native"].get(c)),
+                    fmt(st["ideals"][c]["host"])]
+        row += [fmt_peak(st["peaks"].get(c))]
+        if host:
+            row += [fmt_peak(host["peaks"].get(host_name(side, c))) for side in ("ours", "native")]
         lines.append("| " + " | ".join(row) + " |")
-    dev_line = "" if dev is None else (
-        f"\nResidual reuse every 2 steps: final latent differs from computing every step by "
-        f"{dev['rel_latent']:.2%} of the latent norm, {dev['rel_effect']:.1%} of the control's own effect on the latent.")
-    return "\n".join(lines) + dev_line
+    dev = st["reuse"]
+    if dev is not None:
+        lines.append(f"\nResidual reuse every 2 steps: final latent differs from computing every step by "
+                     f"{dev['rel_latent']:.2%} of the latent norm, {dev['rel_effect']:.1%} of the control's own "
+                     f"effect on the latent.")
+    return "\n".join(lines)
+
+
+def cpu_table(configs, st: dict, host: dict | None) -> str:
+    """Check table: the same paired ratios from process CPU time."""
+    sums = summaries(st, host, "cpu_seconds")
+    head = ["configuration", *sums]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in configs:
+        lines.append("| " + " | ".join([LABELS[c], *(fmt_ratio(s.get(c)) for s in sums.values())]) + " |")
+    return "\n".join(lines)
 
 
 def header(device, dtype, repeats, load_before, load_after) -> str:
     return (f"SD1.5 architecture, random fp16 weights computed as {dtype} on {device}, {8 * LATENT}x{8 * LATENT} "
-            f"image ({LATENT}x{LATENT} latent), {STEPS} Euler steps, CFG {CFG:g} (batch 2), median of {repeats} "
-            f"runs, configurations interleaved. torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"image ({LATENT}x{LATENT} latent), {STEPS} Euler steps, CFG {CFG:g} (batch 2), {repeats} runs per "
+            f"configuration. torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"{platform.processor() or platform.machine()}; load average {load_before:.2f} before, "
-            f"{load_after:.2f} after. Ratio = run time / U-Net-only run time. Peak = resident set of the first "
+            f"{load_after:.2f} after. Ratio = a run's time / the mean of the U-Net-only runs just before and after "
+            f"it (benchmarks/timing.py): median over repeats (lowest–highest). Peak = resident set of the first "
             f"sampling run in a fresh process (weights included; in brackets: above the loaded state), or CUDA max "
             f"allocated.")
 
@@ -272,24 +309,23 @@ def main(argv: list[str] | None = None) -> int:
     configs = ["unet", *[c for c in args.configs if c != "unet"]]
     load_before = os.getloadavg()[0]
     ideals = ideal_ratios(flop_counts())
-    seconds, cpu, latents = time_configs(configs, args.repeats, device, dtype)
-    peaks = {} if args.no_memory else measure_peaks(configs, args.device)
-    standalone = {"seconds": seconds, "cpu_seconds": cpu, "ideals": ideals, "peaks": peaks,
-                  "reuse": deviation(latents)}
-    write(configs, standalone, None, header(device, dtype, args.repeats, load_before, os.getloadavg()[0]))
     comfyui = os.environ.get("COMFYUI_PATH")
-    if comfyui and not args.no_host:
-        host = run_host(Path(comfyui), args.repeats, not args.no_memory)
-        write(configs, standalone, host, header(device, dtype, args.repeats, load_before, os.getloadavg()[0]))
+    # the host first, while this process holds no models (the host process holds both sides, ~12 GB)
+    host = run_host(Path(comfyui), args.repeats, not args.no_memory) if comfyui and not args.no_host else None
+    runs, latents = time_configs(configs, args.repeats, device, dtype)
+    child = [sys.executable, "-m", "benchmarks.run", "--device", args.device, "--peak"]
+    peaks = {} if args.no_memory else measure_peaks({c: child + [c] for c in configs})
+    standalone = {"runs": runs, "ideals": ideals, "peaks": peaks, "reuse": deviation(latents)}
+    write(configs, standalone, host, header(device, dtype, args.repeats, load_before, os.getloadavg()[0]))
     return 0
 
 
 def write(configs: list[str], st: dict, host: dict | None, head: str) -> None:
     """Print the tables and write .bench/results.md and results.json."""
-    report = (head + "\n\n" + table(configs, st["seconds"], st["ideals"], st["peaks"], host, st["reuse"]) + "\n\n"
-              + "Same runs, ratios of process CPU time (less sensitive to other processes on a shared machine):\n\n"
-              + table(configs, st["cpu_seconds"], st["ideals"], st["peaks"], host, None, key="cpu_seconds",
-                      memory=False) + "\n")
+    report = "\n\n".join([
+        head, table(configs, st, host),
+        "Check: the same paired ratios from process CPU time (less sensitive to other processes on a shared "
+        "machine):", cpu_table(configs, st, host)]) + "\n"
     print(report, flush=True)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(f"# make bench ({time.strftime('%Y-%m-%d %H:%M')})\n\n{report}")
