@@ -6,9 +6,12 @@ The adapter follows the host's own `comfy.controlnet.ControlNet` contract (share
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -157,28 +160,45 @@ def uncond_rows(cond_or_uncond: list[int], batch: int) -> list[bool]:
     return [c == 1 for c in cond_or_uncond for _ in range(per_chunk)]
 
 
-def in_window(sigma: float, window_sigmas: tuple[float, float], dtype: torch.dtype) -> bool:
-    """The host's window test (`t > start or t < end` -> off), on a CPU float rounded as the host compares."""
+@functools.lru_cache(maxsize=64)
+def rounded_window(window_sigmas: tuple[float, float], dtype: torch.dtype) -> tuple[float, float]:
+    """The window's (start, end) sigmas rounded to the step tensor's dtype, as the host's tensor comparison rounds
+    them; computed once per window and dtype, not per step."""
     start, end = torch.tensor(window_sigmas, dtype=dtype).tolist()
+    return start, end
+
+
+def in_window(sigma: float, window_sigmas: tuple[float, float], dtype: torch.dtype) -> bool:
+    """The host's window test (`t > start or t < end` -> off), on a CPU float."""
+    start, end = rounded_window(tuple(window_sigmas), dtype)
     return not (sigma > start or sigma < end)
 
 
-def percent_table(percent_to_sigma: Callable[[float], float]) -> tuple[list[float], list[float]]:
-    """(sigmas, percents) on a uniform percent grid: sigma falls as percent rises (host model_sampling)."""
-    percents = [i / (PERCENT_TABLE_SIZE - 1) for i in range(PERCENT_TABLE_SIZE)]
-    return [float(percent_to_sigma(p)) for p in percents], percents
+@dataclass(frozen=True)
+class PercentTable:
+    """Sigma -> sampling percent on a uniform percent grid, built once per sampling run (sigma falls as percent
+    rises, host model_sampling); `falling` holds -sigma, ascending, for bisection."""
 
+    sigmas: tuple[float, ...]
+    percents: tuple[float, ...]
+    falling: tuple[float, ...]
 
-def sigma_to_percent(sigma: float, table: tuple[list[float], list[float]]) -> float:
-    """Sampling progress of `sigma`, linear between grid points of `percent_table` (pure Python)."""
-    sigmas, percents = table
-    if sigma >= sigmas[0]:
-        return 0.0
-    for i in range(1, len(sigmas)):
-        if sigma >= sigmas[i]:
-            s0, s1 = sigmas[i - 1], sigmas[i]
-            return percents[i - 1] + (percents[i] - percents[i - 1]) * (s0 - sigma) / max(s0 - s1, 1e-30)
-    return 1.0
+    @classmethod
+    def build(cls, percent_to_sigma: Callable[[float], float]) -> "PercentTable":
+        percents = tuple(i / (PERCENT_TABLE_SIZE - 1) for i in range(PERCENT_TABLE_SIZE))
+        sigmas = tuple(float(percent_to_sigma(p)) for p in percents)
+        return cls(sigmas, percents, tuple(-s for s in sigmas))
+
+    def percent(self, sigma: float) -> float:
+        """Sampling progress of `sigma`, linear between grid points (pure Python, O(log n))."""
+        i = bisect.bisect_left(self.falling, -sigma)  # first grid point with sigma_i <= sigma
+        if i == 0:
+            return 0.0
+        if i == len(self.sigmas):
+            return 1.0
+        s0, s1 = self.sigmas[i - 1], self.sigmas[i]
+        p0, p1 = self.percents[i - 1], self.percents[i]
+        return p0 + (p1 - p0) * (s0 - sigma) / max(s0 - s1, 1e-30)
 
 
 def check_model_family(net_config, model) -> None:
@@ -205,7 +225,7 @@ class CoreControlNet(comfy.controlnet.ControlBase):
         self.resize_mode = resize_mode
         self.engine = ResidualEngine()
         self.model_sampling = None
-        self.percents = None
+        self.percent_table = None
         self._control: Control | None = None  # owns the hint-feature cache; lives as long as this copy
         self._control_source: torch.Tensor | None = None  # the hint the Control was built from
 
@@ -235,11 +255,11 @@ class CoreControlNet(comfy.controlnet.ControlBase):
         super().pre_run(model, percent_to_timestep_function)
         self.model_sampling = model.model_sampling
         constant = self.weights.schedule.kind == "constant"
-        self.percents = None if constant else percent_table(percent_to_timestep_function)
+        self.percent_table = None if constant else PercentTable.build(percent_to_timestep_function)
 
     def cleanup(self) -> None:
         self.model_sampling = None
-        self.percents = None
+        self.percent_table = None
         super().cleanup()  # the hint-feature cache stays: it belongs to this copy and is freed with it
 
     # -- every step -----------------------------------------------------------------------------------------------
@@ -252,7 +272,7 @@ class CoreControlNet(comfy.controlnet.ControlBase):
         sigma = self._sigma(t)
         if sigma is not None and not in_window(sigma, self.timestep_range, t.dtype):
             return prev
-        percent = 0.0 if self.percents is None or sigma is None else sigma_to_percent(sigma, self.percents)
+        percent = 0.0 if self.percent_table is None or sigma is None else self.percent_table.percent(sigma)
         control = self._core_control(x_noisy.shape[0], batched_number)
         dtype = control.net.dtype
         x = self.model_sampling.calculate_input(t, x_noisy)  # (B, 4, h, w) as the U-Net sees it
@@ -273,7 +293,7 @@ class CoreControlNet(comfy.controlnet.ControlBase):
         """The step's sigma as a float, read only when a window or a schedule needs it (free on CPU; on a GPU one
         read per model call, shared in effect by the chain since nothing is queued in between)."""
         windowed = tuple(self.timestep_percent_range) != FULL_WINDOW
-        if not windowed and self.percents is None:
+        if not windowed and self.percent_table is None:
             return None
         return float(t[0])
 
