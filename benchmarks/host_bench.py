@@ -17,7 +17,6 @@ import argparse
 import importlib
 import importlib.util
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -45,28 +44,12 @@ def setup_host(comfyui: Path) -> None:
         comfy.cli_args.args.cpu = True
 
 
-def random_like(shapes: dict[str, tuple[int, ...]], seed: int):
-    """fp16 random weights: norm scales ~1, biases small, N(0, 1/fan_in) (zero convs random, non-zero)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in shapes.items():
-        if len(shape) == 1 and key.endswith("weight"):
-            value = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif len(shape) == 1:
-            value = 0.02 * torch.randn(shape, generator=gen)
-        else:
-            value = torch.randn(shape, generator=gen) * math.prod(shape[1:]) ** -0.5
-        out[key] = value.to(torch.float16)
-    return out
-
-
 def unet_state_dict():
     """Random fp16 SD1.5 U-Net, keys from the host's own UNetModel built on the meta device."""
     import torch
 
     import comfy.ops
+    from benchmarks.sampling import random_state_dict
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     with torch.device("meta"):
@@ -76,7 +59,7 @@ def unet_state_dict():
                          transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768,
                          legacy=False, use_linear_in_transformer=False, device="meta",
                          operations=comfy.ops.disable_weight_init)
-    return random_like({k: tuple(v.shape) for k, v in unet.state_dict().items()}, seed=100)
+    return random_state_dict(unet, seed=100)
 
 
 def controlnet_files(n: int) -> list[str]:
@@ -84,6 +67,7 @@ def controlnet_files(n: int) -> list[str]:
     import torch
     from safetensors.torch import save_file
 
+    from benchmarks.sampling import random_weights
     from controlnet_core.controlnet import ControlNet, ControlNetConfig
 
     folder = MODELS / "controlnet"
@@ -94,7 +78,7 @@ def controlnet_files(n: int) -> list[str]:
         if not path.exists():
             with torch.device("meta"):
                 shapes = {k: tuple(v.shape) for k, v in ControlNet(ControlNetConfig()).state_dict().items()}
-            save_file(random_like(shapes, seed=i), str(path.with_suffix(".partial")))
+            save_file(random_weights(shapes, seed=i), str(path.with_suffix(".partial")))
             path.with_suffix(".partial").replace(path)
         names.append(path.name)
     return names

@@ -22,12 +22,12 @@ CFG = 7.0
 TEXT_TOKENS = 77
 
 
-def random_state_dict(module: nn.Module, seed: int, dtype: torch.dtype = torch.float16) -> dict[str, Tensor]:
-    """Random weights for `module`'s keys (norm scales ~1, biases small, N(0, 1/fan_in)); zero convs included."""
+def random_weights(shapes: dict[str, tuple[int, ...]], seed: int, dtype: torch.dtype = torch.float16
+                   ) -> dict[str, Tensor]:
+    """Random weights for these keys (norm scales ~1, biases small, N(0, 1/fan_in)); zero convs included."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for key, ref in module.state_dict().items():
-        shape = tuple(ref.shape)
+    for key, shape in shapes.items():
         if len(shape) == 1 and key.endswith("weight"):
             value = 1.0 + 0.1 * torch.randn(shape, generator=gen)
         elif len(shape) == 1:
@@ -36,6 +36,11 @@ def random_state_dict(module: nn.Module, seed: int, dtype: torch.dtype = torch.f
             value = torch.randn(shape, generator=gen) * math.prod(shape[1:]) ** -0.5
         out[key] = value.to(dtype)
     return out
+
+
+def random_state_dict(module: nn.Module, seed: int, dtype: torch.dtype = torch.float16) -> dict[str, Tensor]:
+    """`random_weights` for `module`'s keys and shapes."""
+    return random_weights({k: tuple(v.shape) for k, v in module.state_dict().items()}, seed, dtype)
 
 
 def build(cls, config, seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
