@@ -86,7 +86,8 @@ class PreprocessorSpec:
     target: str  # "module:function" inside this package, imported on first use
     description: str
     options: tuple[Option, ...] = ()
-    model_folder: str | None = None  # network preprocessors: the host passes models_dir (+ model_cache)
+    model_folder: str | None = None  # transformers preprocessors: the host passes models_dir (+ a ModelCache)
+    net_folder: str | None = None  # pure-torch nets (nets/): the host passes models_dir (folders) + a NetCache
     frame_independent: bool = True  # each frame's result depends on that frame only (run() may chunk the batch)
 
     @property
@@ -240,7 +241,7 @@ def run(name: str, image: Any, *, progress: Callable[[int, int], None] | None = 
                                               common["target_width"], common["resize_mode"])
     if resolution:
         image = resize_short_side(image, resolution)
-    if spec.model_folder is not None:
+    if spec.model_folder is not None or spec.net_folder is not None:
         params.update(models_dir=models_dir, model_cache=model_cache)
     result = _call(spec, image, params, progress)
     if common["target_width"] and common["target_height"]:

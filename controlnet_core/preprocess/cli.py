@@ -27,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("name", help="preprocessor name (see the list below)")
     parser.add_argument("input", help="input picture (PNG, JPEG, ...)")
     parser.add_argument("output", help="output PNG")
-    parser.add_argument("--models_dir", help="local transformers model folder (depth, segmentation)")
+    parser.add_argument("--models_dir", help="depth, segmentation: a local transformers model folder; network "
+                                             "preprocessors: a folder holding the published weight file, or the file")
     parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
     seen: dict[str, str] = {}
     for option in (*COMMON_OPTIONS, *(o for spec in PREPROCESSORS.values() for o in spec.options)):
@@ -64,7 +65,7 @@ def _run(args: argparse.Namespace) -> None:
     image = read_image(args.input, args.device)
     if "mask" in options:
         options["mask"] = read_image(options["mask"], args.device)[..., 0]  # (1, H, W) from the red/grey channel
-    extra = {"models_dir": args.models_dir} if spec.model_folder else {}
+    extra = {"models_dir": args.models_dir} if spec.model_folder or spec.net_folder else {}
     try:
         hint = run_preprocessor(args.name, image, **extra, **options)
     except PreprocessError as exc:
