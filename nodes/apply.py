@@ -10,12 +10,12 @@ from .strength import ControlStrengthType
 
 
 class ApplyControlNet(io.ComfyNode):
-    """Thin node: validate, then attach a copy of the control to both conditionings (nodes/host.py)."""
+    """Thin node: validate, then attach a copy of the control to both conditionings (nodes/host/)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="ApplyControlNet",
+            node_id="CNCore_ApplyControlNet",
             display_name="Apply ControlNet (Core)",
             category="conditioning/controlnet",
             description="Adds a ControlNet to the positive and negative conditioning. Several applies are summed "

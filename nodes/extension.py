@@ -5,7 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 
 
 class ControlNetCoreExtension(ComfyExtension):
-    """Lists the pack's nodes; importing them is what pulls in the host modules (nodes/host.py)."""
+    """Lists the pack's nodes; importing them is what pulls in the host modules (nodes/host/)."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         from .apply import ApplyControlNet

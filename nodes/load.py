@@ -7,12 +7,12 @@ from . import host
 
 
 class LoadControlNet(io.ComfyNode):
-    """Thin node: strict core loader, weights handed to the host's model management (nodes/host.py)."""
+    """Thin node: strict core loader, weights handed to the host's model management (nodes/host/)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="LoadControlNet",
+            node_id="CNCore_LoadControlNet",
             display_name="Load ControlNet (Core)",
             category="loaders",
             description="Loads an SD1.x / SD2.x / SDXL ControlNet (lllyasviel .pth, prefixed or bare ldm, diffusers; "

@@ -37,7 +37,7 @@ class Preprocessor(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         described = "; ".join(f"{n}: {spec.description}" for n, spec in preprocess.PREPROCESSORS.items())
         return io.Schema(
-            node_id="Preprocessor",
+            node_id="CNCore_Preprocessor",
             display_name="ControlNet Preprocessor (Core)",
             category="image/preprocessors",
             description="Makes a ControlNet hint from an image batch (video frames too). Only the selected "
@@ -58,6 +58,8 @@ class Preprocessor(io.ComfyNode):
         if spec.model_folder is not None:
             folder = host.preprocessor_models_dir(spec.model_folder)
             extra = {"models_dir": folder, "model_cache": cls.models.prepare(folder, spec.model_folder)}
+        elif spec.net_folder is not None:
+            extra = {"models_dir": host.preprocessor_search_dirs(spec.net_folder), "model_cache": cls.models.nets}
         frames = image.to(host.compute_device())  # (B, H, W, C)
         result = preprocess.run(preprocessor, frames, progress=host.progress_callback(image.shape[0]),
                                 **extra, **options_for(preprocessor, inputs))

@@ -16,7 +16,7 @@ class ControlStrength(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="ControlStrength",
+            node_id="CNCore_ControlStrength",
             display_name="ControlNet Strength (Core)",
             category="conditioning/controlnet",
             description="How strongly each block of a ControlNet is applied (A1111 control modes, soft weights, "

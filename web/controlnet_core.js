@@ -3,7 +3,7 @@
 // Hidden widgets keep their values, so switching back restores them and saved workflows are unchanged.
 import { app } from "../../scripts/app.js";
 
-const NODE_ID = "Preprocessor";
+const NODE_ID = "CNCore_Preprocessor";
 
 function ownerOf(widget) {
   const dot = widget.name.indexOf(".");

@@ -1,7 +1,7 @@
-"""The one module that imports the host (comfy, folder_paths): ControlBase adapter, model management, family check.
+"""The ControlBase adapter: a controlnet_core control behind the host's `comfy.controlnet.ControlBase` hook.
 
-The adapter follows the host's own `comfy.controlnet.ControlNet` contract (shared/research/comfyui_native.md §1):
-`copy()` for the Apply nodes, `pre_run` / `get_control` / `cleanup` / `get_models` for the sampler, residuals
+Follows the host's own `comfy.controlnet.ControlNet` contract (shared/research/comfyui_native.md §1): `copy()` for
+the Apply nodes, `pre_run` / `get_control` / `cleanup` / `get_models` for the sampler, residuals
 {"input", "middle", "output"} summed with `previous_controlnet`'s. The residual math is controlnet_core's engine.
 """
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,139 +16,16 @@ import torch
 
 import comfy.controlnet
 import comfy.model_base
-import comfy.model_management
 import comfy.model_patcher
-import comfy.utils
-import folder_paths
 
-from ..controlnet_core.engine import Control, ResidualEngine, check_family, prepare_for_device
-from ..controlnet_core.errors import ControlNetError, FamilyMismatchError
-from ..controlnet_core.formats import load_controlnet as core_load_controlnet
-from ..controlnet_core.weights import ControlWeights
+from ...controlnet_core.engine import Control, ResidualEngine, check_family
+from ...controlnet_core.errors import ControlNetError, FamilyMismatchError
+from ...controlnet_core.weights import ControlWeights
 
 log = logging.getLogger(__name__)
 
-CONTROLNET_FOLDER = "controlnet"
-PREPROCESSOR_FOLDER = "controlnet_preprocessors"
 FULL_WINDOW = (0.0, 1.0)
 PERCENT_TABLE_SIZE = 1001  # sigma -> percent lookup for strength schedules, built once per sampling run
-INFERENCE_DTYPES = {"sdxl": (torch.bfloat16, torch.float16, torch.float32)}  # host supported_models.py
-DEFAULT_INFERENCE_DTYPES = (torch.float16, torch.float32)  # SD1.x / SD2.x (host: SD15, SD20)
-
-
-# --------------------------------------------------------------------------------------------- files & devices
-
-def controlnet_files() -> list[str]:
-    """Files in the host's `controlnet` model folder(s), as the host's own loader lists them."""
-    return folder_paths.get_filename_list(CONTROLNET_FOLDER)
-
-
-def controlnet_path(name: str) -> str:
-    """Absolute path of a `controlnet` folder file; the host raises FileNotFoundError naming it when absent."""
-    return folder_paths.get_full_path_or_raise(CONTROLNET_FOLDER, name)
-
-
-def preprocessor_models_dir(name: str) -> str:
-    """`models/controlnet_preprocessors/<name>` (the folder is registered on first use, no import side effects)."""
-    if PREPROCESSOR_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(PREPROCESSOR_FOLDER,
-                                           os.path.join(folder_paths.models_dir, PREPROCESSOR_FOLDER), is_default=True)
-    return os.path.join(folder_paths.get_folder_paths(PREPROCESSOR_FOLDER)[0], name)
-
-
-def compute_device() -> torch.device:
-    """Where nodes should run tensor work (the host's torch device)."""
-    return comfy.model_management.get_torch_device()
-
-
-def intermediate_device() -> torch.device:
-    """Where node outputs live between nodes (the host's intermediate device, CPU by default)."""
-    return comfy.model_management.intermediate_device()
-
-
-def progress_callback(total: int) -> Callable[[int, int], None]:
-    """A `(done, total)` callback driving the host's progress bar for the running node."""
-    bar = comfy.utils.ProgressBar(total)
-    return lambda done, total: bar.update_absolute(done, total)
-
-
-def choose_dtypes(stored: torch.dtype, family: str, load_device: torch.device) -> tuple[torch.dtype, torch.dtype]:
-    """(weight dtype, compute dtype) the host would pick for this file (comfy/controlnet.py loader rules)."""
-    supported = list(INFERENCE_DTYPES.get(family, DEFAULT_INFERENCE_DTYPES))
-    weight = comfy.model_management.unet_dtype(model_params=-1, supported_dtypes=supported, weight_dtype=stored)
-    compute = comfy.model_management.unet_manual_cast(weight, load_device, supported) or weight
-    return weight, compute
-
-
-class CastOnRead(torch.nn.Module):
-    """Parametrization: a weight stored in a narrow dtype (fp8) is read in the compute dtype, layer by layer, as
-    the host's manual-cast operations do (comfy/ops.py), so the stored copy stays narrow."""
-
-    def __init__(self, dtype: torch.dtype):
-        super().__init__()
-        self.dtype = dtype
-
-    def forward(self, stored: torch.Tensor) -> torch.Tensor:
-        return stored.to(self.dtype)
-
-
-def store_narrow(net: torch.nn.Module, weight: torch.dtype, compute: torch.dtype) -> torch.nn.Module:
-    """Matrices and kernels stay in `weight` (e.g. fp8) and are cast when read; biases and norms (tiny) become
-    `compute`. The net then reports and computes in `compute`."""
-    from torch.nn.utils import parametrize
-
-    net.eval().requires_grad_(False)
-    for module in list(net.modules()):
-        for name, param in list(module.named_parameters(recurse=False)):
-            narrow = param.ndim >= 2
-            module._parameters[name] = torch.nn.Parameter(param.detach().to(weight if narrow else compute),
-                                                          requires_grad=False)
-            if narrow:
-                parametrize.register_parametrization(module, name, CastOnRead(compute), unsafe=True)
-    return net
-
-
-def load_controlnet(name: str) -> "CoreControlNet":
-    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads."""
-    path = controlnet_path(name)
-    load_device = comfy.model_management.get_torch_device()
-    offload_device = comfy.model_management.unet_offload_device()
-    net = core_load_controlnet(path, device=offload_device)
-    weight, compute = choose_dtypes(net.storage_dtype, net.config.family, load_device)
-    if weight == compute:
-        net = prepare_for_device(net, offload_device, compute)  # one cast at load, none per step
-    else:
-        net = store_narrow(net, weight, compute)
-    patcher = comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
-    log.info("loaded %s: %s %s ControlNet, weights stored as %s, computing in %s", name, net.config.family,
-             net.config.variant, weight, compute)
-    return CoreControlNet(patcher)
-
-
-class PreprocessorModels:
-    """The Preprocessor node's network weights: one core ModelCache per model folder, read from disk once per
-    server process and handed to the host's model management (a ModelPatcher), which loads and offloads them."""
-
-    def __init__(self):
-        self._caches: dict = {}
-        self._patchers: dict = {}
-
-    def prepare(self, folder: str, task: str):
-        """The loaded ModelCache of `folder`, its weights on the host's torch device (the host may evict others)."""
-        from ..controlnet_core.preprocess import ModelCache
-
-        load_device = comfy.model_management.get_torch_device()
-        cache = self._caches.setdefault(folder, ModelCache(load_device=load_device))
-        model = cache.load(folder, task)
-        patcher = self._patchers.get(folder)
-        if patcher is None or patcher.model.held is not model:
-            holder = torch.nn.Module()  # the patcher writes `.device` on its model; transformers' is read-only
-            holder.held = model
-            patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device,
-                                                       offload_device=comfy.model_management.unet_offload_device())
-            self._patchers[folder] = patcher
-        comfy.model_management.load_models_gpu([patcher])
-        return cache
 
 
 # ------------------------------------------------------------------------------------------------- the adapter

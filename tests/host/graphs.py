@@ -61,7 +61,7 @@ def native_loader(b: Base, name: str = CANNY) -> list:
 
 
 def core_loader(b: Base, name: str = CANNY) -> list:
-    return b.graph.out(b.graph.add("LoadControlNet", control_net_name=name))
+    return b.graph.out(b.graph.add("CNCore_LoadControlNet", control_net_name=name))
 
 
 def apply(b: Base, node: str, control_net: list, positive: list, negative: list, hint: list | None = None,
@@ -73,7 +73,7 @@ def apply(b: Base, node: str, control_net: list, positive: list, negative: list,
 
 
 def control_strength(b: Base, mode: str = "Balanced", **options) -> list:
-    return b.graph.out(b.graph.add("ControlStrength", mode=mode, **options))
+    return b.graph.out(b.graph.add("CNCore_ControlStrength", mode=mode, **options))
 
 
 def sample(b: Base, positive: list, negative: list, prefix: str, steps: int = 2, cfg: float = 4.0,
@@ -99,7 +99,7 @@ def reference_prompt() -> dict:
     b = base()
     sample(b, b.positive, b.negative, "ref_none")
     sample(b, *apply(b, "ControlNetApplyAdvanced", native_loader(b), b.positive, b.negative), "ref_native")
-    sample(b, *apply(b, "ApplyControlNet", core_loader(b), b.positive, b.negative), "ref_ours")
+    sample(b, *apply(b, "CNCore_ApplyControlNet", core_loader(b), b.positive, b.negative), "ref_ours")
     return b.graph.prompt()
 
 

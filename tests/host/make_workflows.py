@@ -155,9 +155,9 @@ def canny() -> Workflow:
     """One canny ControlNet on a photo: Preprocessor(canny) -> Apply ControlNet (Core)."""
     wf = Workflow()
     b = base(wf)
-    edges = wf.add("Preprocessor", (380, 660), image=(b["image"], 0), preprocessor="canny")
-    cn = wf.add("LoadControlNet", (760, 500), control_net_name=CANNY)
-    apply = wf.add("ApplyControlNet", (1100, 200), positive=(b["pos"], 0), negative=(b["neg"], 0),
+    edges = wf.add("CNCore_Preprocessor", (380, 660), image=(b["image"], 0), preprocessor="canny")
+    cn = wf.add("CNCore_LoadControlNet", (760, 500), control_net_name=CANNY)
+    apply = wf.add("CNCore_ApplyControlNet", (1100, 200), positive=(b["pos"], 0), negative=(b["neg"], 0),
                    control_net=(cn, 0), image=(edges, 0), strength=1.0, start_percent=0.0, end_percent=1.0,
                    resize_mode="Crop and Resize")
     finish(wf, b, (apply, 0), (apply, 1), "controlnet_core/canny")
@@ -168,14 +168,14 @@ def two_controls() -> Workflow:
     """Canny + line art on one conditioning: the residuals are summed (the paper's y_c = sum y_ci)."""
     wf = Workflow()
     b = base(wf)
-    edges = wf.add("Preprocessor", (380, 660), image=(b["image"], 0), preprocessor="canny")
-    lines = wf.add("Preprocessor", (380, 900), image=(b["image"], 0), preprocessor="lineart_standard")
-    cn_a = wf.add("LoadControlNet", (760, 500), control_net_name=CANNY)
-    cn_b = wf.add("LoadControlNet", (760, 700), control_net_name=LINEART)
-    first = wf.add("ApplyControlNet", (1100, 0), positive=(b["pos"], 0), negative=(b["neg"], 0),
+    edges = wf.add("CNCore_Preprocessor", (380, 660), image=(b["image"], 0), preprocessor="canny")
+    lines = wf.add("CNCore_Preprocessor", (380, 900), image=(b["image"], 0), preprocessor="lineart_standard")
+    cn_a = wf.add("CNCore_LoadControlNet", (760, 500), control_net_name=CANNY)
+    cn_b = wf.add("CNCore_LoadControlNet", (760, 700), control_net_name=LINEART)
+    first = wf.add("CNCore_ApplyControlNet", (1100, 0), positive=(b["pos"], 0), negative=(b["neg"], 0),
                    control_net=(cn_a, 0), image=(edges, 0), strength=0.8, start_percent=0.0, end_percent=1.0,
                    resize_mode="Crop and Resize")
-    second = wf.add("ApplyControlNet", (1100, 300), positive=(first, 0), negative=(first, 1),
+    second = wf.add("CNCore_ApplyControlNet", (1100, 300), positive=(first, 0), negative=(first, 1),
                     control_net=(cn_b, 0), image=(lines, 0), strength=0.6, start_percent=0.0, end_percent=0.8,
                     resize_mode="Crop and Resize")
     finish(wf, b, (second, 0), (second, 1), "controlnet_core/two_controls")
@@ -186,13 +186,13 @@ def control_modes() -> Workflow:
     """The three A1111 control modes side by side, one sampler each."""
     wf = Workflow()
     b = base(wf)
-    edges = wf.add("Preprocessor", (380, 660), image=(b["image"], 0), preprocessor="canny")
-    cn = wf.add("LoadControlNet", (760, 500), control_net_name=CANNY)
+    edges = wf.add("CNCore_Preprocessor", (380, 660), image=(b["image"], 0), preprocessor="canny")
+    cn = wf.add("CNCore_LoadControlNet", (760, 500), control_net_name=CANNY)
     modes = ("Balanced", "My prompt is more important", "ControlNet is more important")
     for i, mode in enumerate(modes):
-        weights = wf.add("ControlStrength", (760, 700 + 260 * i), mode=mode, base_multiplier=0.825,
+        weights = wf.add("CNCore_ControlStrength", (760, 700 + 260 * i), mode=mode, base_multiplier=0.825,
                          uncond_multiplier=1.0, block_multipliers="", schedule="constant")
-        apply = wf.add("ApplyControlNet", (1100, 420 * i), positive=(b["pos"], 0), negative=(b["neg"], 0),
+        apply = wf.add("CNCore_ApplyControlNet", (1100, 420 * i), positive=(b["pos"], 0), negative=(b["neg"], 0),
                        control_net=(cn, 0), image=(edges, 0), strength=1.0, start_percent=0.0, end_percent=1.0,
                        control_strength=(weights, 0), resize_mode="Crop and Resize")
         finish(wf, b, (apply, 0), (apply, 1), f"controlnet_core/mode_{i}", y=420 * i)
@@ -203,13 +203,13 @@ def regional_mask() -> Workflow:
     """Control only the left half of the picture: a MASK on Apply ControlNet (Core)."""
     wf = Workflow()
     b = base(wf)
-    edges = wf.add("Preprocessor", (380, 660), image=(b["image"], 0), preprocessor="canny")
-    cn = wf.add("LoadControlNet", (760, 500), control_net_name=CANNY)
+    edges = wf.add("CNCore_Preprocessor", (380, 660), image=(b["image"], 0), preprocessor="canny")
+    cn = wf.add("CNCore_LoadControlNet", (760, 500), control_net_name=CANNY)
     empty = wf.add("SolidMask", (380, 900), value=0.0, width=512, height=512)
     left = wf.add("SolidMask", (380, 1060), value=1.0, width=256, height=512)
     mask = wf.add("MaskComposite", (760, 900), destination=(empty, 0), source=(left, 0), x=0, y=0,
                   operation="add")
-    apply = wf.add("ApplyControlNet", (1100, 200), positive=(b["pos"], 0), negative=(b["neg"], 0),
+    apply = wf.add("CNCore_ApplyControlNet", (1100, 200), positive=(b["pos"], 0), negative=(b["neg"], 0),
                    control_net=(cn, 0), image=(edges, 0), strength=1.0, start_percent=0.0, end_percent=1.0,
                    mask=(mask, 0), resize_mode="Crop and Resize")
     finish(wf, b, (apply, 0), (apply, 1), "controlnet_core/regional_mask")

@@ -51,7 +51,7 @@ def test_mask_scales_and_confines_the_effect(server, reference, half_strength):
              "mask_half_value": b.graph.out(b.graph.add("SolidMask", value=0.5, width=64, height=64)),
              "mask_left": _half_mask(b)}
     for prefix, mask in masks.items():
-        G.sample(b, *G.apply(b, "ApplyControlNet", loader, b.positive, b.negative, mask=mask), prefix)
+        G.sample(b, *G.apply(b, "CNCore_ApplyControlNet", loader, b.positive, b.negative, mask=mask), prefix)
     out = server.run_latents(b.graph.prompt())
     none, full = reference["ref_none"], reference["ref_ours"]
     assert torch.equal(out["mask_zero"], none)  # mask 0 everywhere = no control at all
@@ -67,7 +67,7 @@ def test_mask_scales_and_confines_the_effect(server, reference, half_strength):
 def test_mask_is_per_batch_item(server):
     b = G.base(batch=2)
     G.sample(b, b.positive, b.negative, "maskb_none")
-    G.sample(b, *G.apply(b, "ApplyControlNet", G.core_loader(b), b.positive, b.negative, mask=_batch_mask(b)),
+    G.sample(b, *G.apply(b, "CNCore_ApplyControlNet", G.core_loader(b), b.positive, b.negative, mask=_batch_mask(b)),
              "maskb_ours")
     out = server.run_latents(b.graph.prompt())
     none, ours = out["maskb_none"], out["maskb_ours"]
@@ -86,10 +86,10 @@ def test_control_modes(server, reference):
         "mode_balanced_soft": G.control_strength(b, "Balanced", block_multipliers=soft),
     }
     for prefix, weights in variants.items():
-        G.sample(b, *G.apply(b, "ApplyControlNet", loader, b.positive, b.negative, control_strength=weights), prefix)
+        G.sample(b, *G.apply(b, "CNCore_ApplyControlNet", loader, b.positive, b.negative, control_strength=weights), prefix)
     for prefix, mode in (("cfg1_prompt", "My prompt is more important"),
                          ("cfg1_controlnet", "ControlNet is more important")):
-        pos, neg = G.apply(b, "ApplyControlNet", loader, b.positive, b.negative,
+        pos, neg = G.apply(b, "CNCore_ApplyControlNet", loader, b.positive, b.negative,
                            control_strength=G.control_strength(b, mode))
         G.sample(b, pos, neg, prefix, cfg=1.0)
     out = server.run_latents(b.graph.prompt())
@@ -109,7 +109,7 @@ def test_schedule_scales_the_strength(server, reference, half_strength):
     """A flat 0.5 schedule written as a (percent-dependent) linear one equals the host's strength 0.5."""
     b = G.base()
     weights = G.control_strength(b, "Balanced", schedule="linear:0.5,0.5")
-    G.sample(b, *G.apply(b, "ApplyControlNet", G.core_loader(b), b.positive, b.negative, control_strength=weights),
+    G.sample(b, *G.apply(b, "CNCore_ApplyControlNet", G.core_loader(b), b.positive, b.negative, control_strength=weights),
              "sched_ours")
     out = server.run_latents(b.graph.prompt())
     assert effect_ratio(out["sched_ours"], half_strength, reference["ref_none"]) <= TOLERANCE

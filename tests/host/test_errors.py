@@ -21,7 +21,7 @@ def _still_serving(server) -> None:
 
 
 def _apply_and_sample(b: G.Base, loader: list, hint: list | None = None, prefix: str = "err") -> dict:
-    G.sample(b, *G.apply(b, "ApplyControlNet", loader, b.positive, b.negative, hint=hint), prefix)
+    G.sample(b, *G.apply(b, "CNCore_ApplyControlNet", loader, b.positive, b.negative, hint=hint), prefix)
     return b.graph.prompt()
 
 
@@ -38,7 +38,7 @@ def test_wrong_family_fails_before_the_first_step_with_both_families(server, ref
 def test_file_that_is_not_a_controlnet_names_the_file(server, reference):
     b = G.base()
     error = _fails(server, _apply_and_sample(b, G.core_loader(b, NOT_A_CONTROLNET)))
-    assert error["node_type"] == "LoadControlNet"
+    assert error["node_type"] == "CNCore_LoadControlNet"
     assert NOT_A_CONTROLNET in error["exception_message"]
     _still_serving(server)
 
@@ -53,7 +53,7 @@ def test_missing_file_is_refused_at_validation(server, reference):
 def test_missing_image_is_refused_at_validation(server, reference):
     b = G.base()
     prompt = _apply_and_sample(b, G.core_loader(b))
-    apply_id = next(k for k, v in prompt.items() if v["class_type"] == "ApplyControlNet")
+    apply_id = next(k for k, v in prompt.items() if v["class_type"] == "CNCore_ApplyControlNet")
     del prompt[apply_id]["inputs"]["image"]
     error = _fails(server, prompt)
     assert apply_id in error["node_errors"] and "image" in str(error["node_errors"][apply_id])
@@ -64,7 +64,7 @@ def test_one_pixel_image(server, reference):
     b = G.base()
     tiny = b.graph.out(b.graph.add("LoadImage", image=ONE_PIXEL_IMAGE))
     error = _fails(server, _apply_and_sample(b, G.core_loader(b), hint=tiny))
-    assert error["node_type"] == "ApplyControlNet" and "1x1 pixels" in error["exception_message"]
+    assert error["node_type"] == "CNCore_ApplyControlNet" and "1x1 pixels" in error["exception_message"]
     _still_serving(server)
 
 
@@ -74,7 +74,7 @@ def test_nan_in_the_hint(server, reference):
     vae = b.graph.out(next(k for k, v in b.graph.nodes.items() if v["class_type"] == "CheckpointLoaderSimple"), 2)
     nan_image = b.graph.out(b.graph.add("VAEDecode", samples=b.graph.out(latent), vae=vae))
     error = _fails(server, _apply_and_sample(b, G.core_loader(b), hint=nan_image))
-    assert error["node_type"] == "ApplyControlNet" and "NaN" in error["exception_message"]
+    assert error["node_type"] == "CNCore_ApplyControlNet" and "NaN" in error["exception_message"]
     _still_serving(server)
 
 

@@ -34,7 +34,7 @@ def test_our_controlnet_works_in_the_host_apply_node(server, reference):
 
 def test_strength_zero_leaves_the_result_untouched(server, reference):
     b = G.base()
-    pos, neg = G.apply(b, "ApplyControlNet", G.core_loader(b), b.positive, b.negative, strength=0.0)
+    pos, neg = G.apply(b, "CNCore_ApplyControlNet", G.core_loader(b), b.positive, b.negative, strength=0.0)
     G.sample(b, pos, neg, "s0_ours")
     out = server.run_latents(b.graph.prompt())
     assert torch.equal(out["s0_ours"], reference["ref_none"])
@@ -53,8 +53,8 @@ def test_chains_with_a_native_control(server, ours_first):
     # first control only (to measure the second one's effect)
     G.sample(b, p, n, "chain_first")
     # mixed: one of the two is ours
-    first = ("ApplyControlNet", ours_a) if ours_first else ("ControlNetApplyAdvanced", native_a)
-    second = ("ControlNetApplyAdvanced", native_b) if ours_first else ("ApplyControlNet", ours_b)
+    first = ("CNCore_ApplyControlNet", ours_a) if ours_first else ("ControlNetApplyAdvanced", native_a)
+    second = ("ControlNetApplyAdvanced", native_b) if ours_first else ("CNCore_ApplyControlNet", ours_b)
     p, n = G.apply(b, first[0], first[1], b.positive, b.negative)
     G.sample(b, *G.apply(b, second[0], second[1], p, n, hint=hint_b, strength=0.7), "chain_mixed")
     out = server.run_latents(b.graph.prompt())
@@ -68,9 +68,9 @@ def test_window_matches_native(server, reference):
     """start 25 %, end 75 % over 5 steps: steps 0, 1 and 4 uncontrolled, as the host decides in sigmas."""
     b = G.base()
     G.sample(b, b.positive, b.negative, "win_none", steps=5)
-    G.sample(b, *G.apply(b, "ApplyControlNet", G.core_loader(b), b.positive, b.negative), "win_full", steps=5)
+    G.sample(b, *G.apply(b, "CNCore_ApplyControlNet", G.core_loader(b), b.positive, b.negative), "win_full", steps=5)
     for node, loader, prefix in (("ControlNetApplyAdvanced", G.native_loader(b), "win_native"),
-                                 ("ApplyControlNet", G.core_loader(b), "win_ours")):
+                                 ("CNCore_ApplyControlNet", G.core_loader(b), "win_ours")):
         G.sample(b, *G.apply(b, node, loader, b.positive, b.negative, start=0.25, end=0.75), prefix, steps=5)
     out = server.run_latents(b.graph.prompt())
     assert effect_ratio(out["win_ours"], out["win_native"], out["win_none"]) <= TOLERANCE
@@ -83,7 +83,7 @@ def test_fp8_file_stays_fp8_and_matches_native(server, reference):
     b = G.base()
     G.sample(b, *G.apply(b, "ControlNetApplyAdvanced", G.native_loader(b, G.FP8), b.positive, b.negative),
              "fp8_native")
-    G.sample(b, *G.apply(b, "ApplyControlNet", G.core_loader(b, G.FP8), b.positive, b.negative), "fp8_ours")
+    G.sample(b, *G.apply(b, "CNCore_ApplyControlNet", G.core_loader(b, G.FP8), b.positive, b.negative), "fp8_ours")
     out = server.run_latents(b.graph.prompt())
     ratio = effect_ratio(out["fp8_ours"], out["fp8_native"], reference["ref_none"])
     log.info("fp8 parity: |ours-native| / |native-none| = %.3g", ratio)

@@ -17,7 +17,7 @@ from tests.nodes.schemas import pack_module
 def _preprocess(image: str, preprocessor: str, prefix: str, **options) -> dict:
     g = Graph()
     loaded = g.add("LoadImage", image=image)
-    hint = g.add("Preprocessor", image=g.out(loaded), preprocessor=preprocessor, **options)
+    hint = g.add("CNCore_Preprocessor", image=g.out(loaded), preprocessor=preprocessor, **options)
     g.add("SaveImage", images=g.out(hint), filename_prefix=prefix)
     return g.prompt()
 

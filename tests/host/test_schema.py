@@ -5,7 +5,7 @@ import pytest
 
 from tests.nodes.schemas import schemas
 
-OURS = ("LoadControlNet", "ApplyControlNet", "ControlStrength", "Preprocessor")
+OURS = ("CNCore_LoadControlNet", "CNCore_ApplyControlNet", "CNCore_ControlStrength", "CNCore_Preprocessor")
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_registered_with_display_names_distinct_from_every_other_node(object_inf
 
 
 def test_apply_has_the_host_apply_ranges(object_info):
-    ours, host = object_info["ApplyControlNet"]["input"], object_info["ControlNetApplyAdvanced"]["input"]
+    ours, host = object_info["CNCore_ApplyControlNet"]["input"], object_info["ControlNetApplyAdvanced"]["input"]
     for name in ("positive", "negative", "control_net", "image", "strength", "start_percent", "end_percent"):
         expected = {k: v for k, v in host["required"][name][1].items() if k != "tooltip"} \
             if len(host["required"][name]) > 1 else {}
@@ -30,11 +30,11 @@ def test_apply_has_the_host_apply_ranges(object_info):
 
 
 def test_load_lists_the_same_files_as_the_host_loader(object_info):
-    ours = object_info["LoadControlNet"]["input"]["required"]["control_net_name"]
+    ours = object_info["CNCore_LoadControlNet"]["input"]["required"]["control_net_name"]
     host = object_info["ControlNetLoader"]["input"]["required"]["control_net_name"]
     ours_options = ours[1]["options"] if ours[0] == "COMBO" else ours[0]
     assert ours_options == host[0] and len(ours_options) >= 3
-    assert object_info["LoadControlNet"]["output"] == ["CONTROL_NET"]
+    assert object_info["CNCore_LoadControlNet"]["output"] == ["CONTROL_NET"]
 
 
 @pytest.mark.parametrize("node_id", OURS)

@@ -11,11 +11,11 @@ import pytest
 from tests.nodes.schemas import NODES_DIR, REPO, UNKNOWN, pack_module, schemas
 
 CONTRACT = {  # node id -> (required inputs in order, outputs) that users' workflows depend on
-    "LoadControlNet": (["control_net_name"], ["CONTROL_NET"]),
-    "ApplyControlNet": (["positive", "negative", "control_net", "image", "strength", "start_percent", "end_percent"],
+    "CNCore_LoadControlNet": (["control_net_name"], ["CONTROL_NET"]),
+    "CNCore_ApplyControlNet": (["positive", "negative", "control_net", "image", "strength", "start_percent", "end_percent"],
                         ["CONDITIONING", "CONDITIONING"]),
-    "ControlStrength": (["mode"], ["CONTROL_STRENGTH"]),
-    "Preprocessor": (["image", "preprocessor"], ["IMAGE"]),
+    "CNCore_ControlStrength": (["mode"], ["CONTROL_STRENGTH"]),
+    "CNCore_Preprocessor": (["image", "preprocessor"], ["IMAGE"]),
 }
 HOST_APPLY_RANGES = {  # the host's ControlNetApplyAdvanced (nodes.py), which ApplyControlNet must match
     "strength": {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01},
@@ -55,7 +55,7 @@ def test_every_input_and_output_has_a_tooltip(node_id):
 
 
 def test_apply_matches_the_host_apply_and_adds_only_optional_inputs():
-    schema = schemas()["ApplyControlNet"]
+    schema = schemas()["CNCore_ApplyControlNet"]
     for name, expected in HOST_APPLY_RANGES.items():
         _, options = schema["input"]["required"][name]
         assert {k: options[k] for k in expected} == expected, name
@@ -67,7 +67,7 @@ def test_apply_matches_the_host_apply_and_adds_only_optional_inputs():
 
 
 def test_control_strength_modes():
-    schema = schemas()["ControlStrength"]
+    schema = schemas()["CNCore_ControlStrength"]
     _, mode = schema["input"]["required"]["mode"]
     assert mode["options"] == ["Balanced", "My prompt is more important", "ControlNet is more important"]
     optional = schema["input"]["optional"]
@@ -78,15 +78,15 @@ def test_control_strength_modes():
 
 
 def test_load_lists_the_host_folder():
-    _, options = schemas()["LoadControlNet"]["input"]["required"]["control_net_name"]
+    _, options = schemas()["CNCore_LoadControlNet"]["input"]["required"]["control_net_name"]
     assert options["options"] is UNKNOWN  # computed by the host (folder_paths), never hard-coded
 
 
 def test_preprocessor_offers_every_registered_preprocessor():
     pre = pack_module("controlnet_core.preprocess")
-    _, options = schemas()["Preprocessor"]["input"]["required"]["preprocessor"]
+    _, options = schemas()["CNCore_Preprocessor"]["input"]["required"]["preprocessor"]
     assert options["options"] == list(pre.PREPROCESSORS)
-    names = schemas()["Preprocessor"]["input_order"]["optional"]
+    names = schemas()["CNCore_Preprocessor"]["input_order"]["optional"]
     assert len(names) == len(set(names))
     for name, spec in pre.PREPROCESSORS.items():
         assert {f"{name}.{o.name}" for o in spec.options} <= set(names)
@@ -106,9 +106,9 @@ def _imports(path: Path) -> set[str]:
 
 def test_only_host_py_imports_the_host():
     host_modules = {"comfy", "folder_paths", "server", "nodes", "execution", "comfy_execution"}
-    for path in sorted(NODES_DIR.glob("*.py")):
+    for path in sorted(NODES_DIR.rglob("*.py")):
         found = _imports(path) & host_modules
-        assert not found or path.name == "host.py", f"{path.name} imports {found}; only nodes/host.py may"
+        assert not found or path.parent.name == "host", f"{path.name} imports {found}; only nodes/host/ may"
     for path in sorted((REPO / "controlnet_core").rglob("*.py")):
         assert not _imports(path) & (host_modules | {"comfy_api"}), f"{path} imports the host"
 

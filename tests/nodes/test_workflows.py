@@ -30,16 +30,16 @@ def test_required_examples_exist_as_pairs():
 def test_examples_show_what_their_names_say():
     pairs = api_pairs()
     canny = pairs["canny"][0]
-    assert [n["inputs"]["preprocessor"] for n in _by_class(canny, "Preprocessor")] == ["canny"]
-    assert len(_by_class(canny, "ApplyControlNet")) == 1
+    assert [n["inputs"]["preprocessor"] for n in _by_class(canny, "CNCore_Preprocessor")] == ["canny"]
+    assert len(_by_class(canny, "CNCore_ApplyControlNet")) == 1
     two = pairs["two_controls"][0]
-    applies = _by_class(two, "ApplyControlNet")
+    applies = _by_class(two, "CNCore_ApplyControlNet")
     assert len(applies) == 2
     first_id = next(k for k, v in two.items() if v is applies[0])
     assert applies[1]["inputs"]["positive"] == [first_id, 0]  # chained: the second sums onto the first
-    modes = {n["inputs"]["mode"] for n in _by_class(pairs["control_modes"][0], "ControlStrength")}
+    modes = {n["inputs"]["mode"] for n in _by_class(pairs["control_modes"][0], "CNCore_ControlStrength")}
     assert modes == {"Balanced", "My prompt is more important", "ControlNet is more important"}
-    masked = _by_class(pairs["regional_mask"][0], "ApplyControlNet")
+    masked = _by_class(pairs["regional_mask"][0], "CNCore_ApplyControlNet")
     assert len(masked) == 1 and isinstance(masked[0]["inputs"].get("mask"), list)
 
 

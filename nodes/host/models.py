@@ -1,0 +1,169 @@
+"""Host model management for the pack: the host's model folders, devices, dtypes, ModelPatcher-held weights.
+
+Part of the adapter layer (`nodes/host/`, the only package that imports the host). ControlNet files become a
+`CoreControlNet` (adapter.py) whose weights a host `ModelPatcher` loads and offloads; preprocessor networks are
+held the same way (`PreprocessorModels`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+
+from ...controlnet_core.engine import prepare_for_device
+from ...controlnet_core.formats import load_controlnet as core_load_controlnet
+from .adapter import CoreControlNet
+
+log = logging.getLogger(__name__)
+
+CONTROLNET_FOLDER = "controlnet"
+PREPROCESSOR_FOLDER = "controlnet_preprocessors"
+INFERENCE_DTYPES = {"sdxl": (torch.bfloat16, torch.float16, torch.float32)}  # host supported_models.py
+DEFAULT_INFERENCE_DTYPES = (torch.float16, torch.float32)  # SD1.x / SD2.x (host: SD15, SD20)
+
+
+# --------------------------------------------------------------------------------------------- files & devices
+
+def controlnet_files() -> list[str]:
+    """Files in the host's `controlnet` model folder(s), as the host's own loader lists them."""
+    return folder_paths.get_filename_list(CONTROLNET_FOLDER)
+
+
+def controlnet_path(name: str) -> str:
+    """Absolute path of a `controlnet` folder file; the host raises FileNotFoundError naming it when absent."""
+    return folder_paths.get_full_path_or_raise(CONTROLNET_FOLDER, name)
+
+
+def preprocessor_folders() -> list[str]:
+    """Every `controlnet_preprocessors` folder: `models/controlnet_preprocessors` and those added under that name
+    in extra_model_paths.yaml (registered on first use, no import side effects)."""
+    if PREPROCESSOR_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(PREPROCESSOR_FOLDER,
+                                           os.path.join(folder_paths.models_dir, PREPROCESSOR_FOLDER), is_default=True)
+    return list(folder_paths.get_folder_paths(PREPROCESSOR_FOLDER))
+
+
+def preprocessor_models_dir(name: str) -> str:
+    """`models/controlnet_preprocessors/<name>`: the folder of a transformers model (depth, segmentation)."""
+    return os.path.join(preprocessor_folders()[0], name)
+
+
+def preprocessor_search_dirs(name: str) -> list[str]:
+    """Where a network preprocessor looks for its published weight file, in order: `<folder>/<name>/` then
+    `<folder>/` itself, for every `controlnet_preprocessors` folder."""
+    return [d for base in preprocessor_folders() for d in (os.path.join(base, name), base)]
+
+
+def compute_device() -> torch.device:
+    """Where nodes should run tensor work (the host's torch device)."""
+    return comfy.model_management.get_torch_device()
+
+
+def intermediate_device() -> torch.device:
+    """Where node outputs live between nodes (the host's intermediate device, CPU by default)."""
+    return comfy.model_management.intermediate_device()
+
+
+def progress_callback(total: int) -> Callable[[int, int], None]:
+    """A `(done, total)` callback driving the host's progress bar for the running node."""
+    bar = comfy.utils.ProgressBar(total)
+    return lambda done, total: bar.update_absolute(done, total)
+
+
+def choose_dtypes(stored: torch.dtype, family: str, load_device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """(weight dtype, compute dtype) the host would pick for this file (comfy/controlnet.py loader rules)."""
+    supported = list(INFERENCE_DTYPES.get(family, DEFAULT_INFERENCE_DTYPES))
+    weight = comfy.model_management.unet_dtype(model_params=-1, supported_dtypes=supported, weight_dtype=stored)
+    compute = comfy.model_management.unet_manual_cast(weight, load_device, supported) or weight
+    return weight, compute
+
+
+class CastOnRead(torch.nn.Module):
+    """Parametrization: a weight stored in a narrow dtype (fp8) is read in the compute dtype, layer by layer, as
+    the host's manual-cast operations do (comfy/ops.py), so the stored copy stays narrow."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored.to(self.dtype)
+
+
+def store_narrow(net: torch.nn.Module, weight: torch.dtype, compute: torch.dtype) -> torch.nn.Module:
+    """Matrices and kernels stay in `weight` (e.g. fp8) and are cast when read; biases and norms (tiny) become
+    `compute`. The net then reports and computes in `compute`."""
+    from torch.nn.utils import parametrize
+
+    net.eval().requires_grad_(False)
+    for module in list(net.modules()):
+        for name, param in list(module.named_parameters(recurse=False)):
+            narrow = param.ndim >= 2
+            module._parameters[name] = torch.nn.Parameter(param.detach().to(weight if narrow else compute),
+                                                          requires_grad=False)
+            if narrow:
+                parametrize.register_parametrization(module, name, CastOnRead(compute), unsafe=True)
+    return net
+
+
+def load_controlnet(name: str) -> "CoreControlNet":
+    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads."""
+    path = controlnet_path(name)
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    net = core_load_controlnet(path, device=offload_device)
+    weight, compute = choose_dtypes(net.storage_dtype, net.config.family, load_device)
+    if weight == compute:
+        net = prepare_for_device(net, offload_device, compute)  # one cast at load, none per step
+    else:
+        net = store_narrow(net, weight, compute)
+    patcher = comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
+    log.info("loaded %s: %s %s ControlNet, weights stored as %s, computing in %s", name, net.config.family,
+             net.config.variant, weight, compute)
+    return CoreControlNet(patcher)
+
+
+class PreprocessorModels:
+    """The Preprocessor node's network weights: one core ModelCache per model folder, read from disk once per
+    server process and handed to the host's model management (a ModelPatcher), which loads and offloads them."""
+
+    def __init__(self):
+        from ...controlnet_core.preprocess.nets import NetCache
+
+        self._caches: dict = {}
+        self._patchers: dict = {}
+        self.nets = NetCache(manage=self._manage)  # pure-torch networks (softedge, pose, ...)
+
+    def _manage(self, module: torch.nn.Module) -> torch.device:
+        """Hand a network to the host's model management before it runs; returns the device to run it on."""
+        patcher = self._patchers.get(id(module))
+        if patcher is None or patcher.model is not module:
+            patcher = comfy.model_patcher.ModelPatcher(module, load_device=comfy.model_management.get_torch_device(),
+                                                       offload_device=comfy.model_management.unet_offload_device())
+            self._patchers[id(module)] = patcher
+        comfy.model_management.load_models_gpu([patcher])
+        return patcher.load_device
+
+    def prepare(self, folder: str, task: str):
+        """The loaded ModelCache of `folder`, its weights on the host's torch device (the host may evict others)."""
+        from ...controlnet_core.preprocess import ModelCache
+
+        load_device = comfy.model_management.get_torch_device()
+        cache = self._caches.setdefault(folder, ModelCache(load_device=load_device))
+        model = cache.load(folder, task)
+        patcher = self._patchers.get(folder)
+        if patcher is None or patcher.model.held is not model:
+            holder = torch.nn.Module()  # the patcher writes `.device` on its model; transformers' is read-only
+            holder.held = model
+            patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device,
+                                                       offload_device=comfy.model_management.unet_offload_device())
+            self._patchers[folder] = patcher
+        comfy.model_management.load_models_gpu([patcher])
+        return cache
