@@ -113,20 +113,28 @@ def store_narrow(net: torch.nn.Module, weight: torch.dtype, compute: torch.dtype
     return net
 
 
-def load_controlnet(name: str) -> "CoreControlNet":
-    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads."""
-    path = controlnet_path(name)
+def hold(net: torch.nn.Module, stored: torch.dtype, family: str) -> comfy.model_patcher.ModelPatcher:
+    """Any control network of the core (ControlNet, union, T2I-Adapter, merged Control-LoRA...) under the host's
+    model management: weights in the dtype the host picks (narrow ones cast on read), in a ModelPatcher that
+    loads and offloads them. The one place every kind goes through."""
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
-    net = core_load_controlnet(path, device=offload_device)
-    weight, compute = choose_dtypes(net.storage_dtype, net.config.family, load_device)
+    weight, compute = choose_dtypes(stored, family, load_device)
     if weight == compute:
         net = prepare_for_device(net, offload_device, compute)  # one cast at load, none per step
     else:
         net = store_narrow(net, weight, compute)
-    patcher = comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
-    log.info("loaded %s: %s %s ControlNet, weights stored as %s, computing in %s", name, net.config.family,
-             net.config.variant, weight, compute)
+    log.debug("holding a %s network: weights stored as %s, computing in %s", family, weight, compute)
+    return comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
+
+
+def load_controlnet(name: str) -> "CoreControlNet":
+    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads."""
+    path = controlnet_path(name)
+    net = core_load_controlnet(path, device=comfy.model_management.unet_offload_device())
+    patcher = hold(net, net.storage_dtype, net.config.family)
+    log.info("loaded %s: %s %s ControlNet (%s layout, stored %s)", name, net.config.family, net.config.variant,
+             net.source_format, net.storage_dtype)
     return CoreControlNet(patcher)
 
 
