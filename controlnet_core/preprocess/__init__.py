@@ -89,6 +89,7 @@ class PreprocessorSpec:
     model_folder: str | None = None  # transformers preprocessors: the host passes models_dir (+ a ModelCache)
     net_folder: str | None = None  # pure-torch nets (nets/): the host passes models_dir (folders) + a NetCache
     frame_independent: bool = True  # each frame's result depends on that frame only (run() may chunk the batch)
+    keypoints: bool = False  # the function returns (image, keypoints): one OpenPose-JSON dict per frame
 
     @property
     def function(self) -> Callable[..., Any]:
@@ -225,9 +226,25 @@ def get_spec(name: str) -> PreprocessorSpec:
     return PREPROCESSORS[name]
 
 
+@dataclass(frozen=True)
+class PreprocessResult:
+    """What a preprocessor made: the hint (B, H', W', 3) float32, and for pose preprocessors the keypoints (one
+    OpenPose-JSON dict per frame: canvas size and people, docs/preprocessors.md), else None."""
+
+    image: Any
+    keypoints: list[dict] | None = None
+
+
 def run(name: str, image: Any, *, progress: Callable[[int, int], None] | None = None,
         models_dir: str | None = None, model_cache: Any = None, **options: Any) -> Any:
     """Run preprocessor `name` on (B, H, W, C) `image` with validated options; returns (B, H', W', 3) float32."""
+    return run_detailed(name, image, progress=progress, models_dir=models_dir, model_cache=model_cache,
+                        **options).image
+
+
+def run_detailed(name: str, image: Any, *, progress: Callable[[int, int], None] | None = None,
+                 models_dir: str | None = None, model_cache: Any = None, **options: Any) -> PreprocessResult:
+    """`run`, also returning what the preprocessor made beside the hint (pose keypoints)."""
     from ._image import check_image
     from .resize import fit, pixel_perfect_resolution, resize_short_side
 
@@ -245,12 +262,13 @@ def run(name: str, image: Any, *, progress: Callable[[int, int], None] | None = 
         params.update(models_dir=models_dir, model_cache=model_cache)
     result = _call(spec, image, params, progress)
     if common["target_width"] and common["target_height"]:
-        result = fit(result, common["target_width"], common["target_height"], common["resize_mode"])
+        result = PreprocessResult(fit(result.image, common["target_width"], common["target_height"],
+                                      common["resize_mode"]), result.keypoints)
     return result
 
 
 def _call(spec: PreprocessorSpec, image: Any, params: dict[str, Any],
-          progress: Callable[[int, int], None] | None) -> Any:
+          progress: Callable[[int, int], None] | None) -> PreprocessResult:
     """Call the function once (it reports progress itself if it takes `progress`), or chunk by chunk when frames
     are independent, reporting progress per chunk."""
     import torch
@@ -270,15 +288,23 @@ def _call(spec: PreprocessorSpec, image: Any, params: dict[str, Any],
         parts.append(_checked(spec, function(chunk, **params), chunk))
         if progress is not None:
             progress(min(start + CHUNK_FRAMES, total), total)
-    return torch.cat(parts)
+    keypoints = [frame for part in parts for frame in part.keypoints] if spec.keypoints else None
+    return PreprocessResult(torch.cat([part.image for part in parts]), keypoints)
 
 
-def _checked(spec: PreprocessorSpec, result: Any, image: Any) -> Any:
-    """Every preprocessor returns (B, H', W', 3) float32 on the input's device."""
+def _checked(spec: PreprocessorSpec, result: Any, image: Any) -> PreprocessResult:
+    """Every preprocessor returns (B, H', W', 3) float32 on the input's device (and, for pose, one keypoint dict
+    per frame)."""
+    keypoints = None
+    if spec.keypoints:
+        if not (isinstance(result, tuple) and len(result) == 2 and len(result[1]) == image.shape[0]):
+            raise PreprocessError(f"{spec.name} must return (image, one keypoint dict per frame): this is a bug in "
+                                  f"{spec.target}")
+        result, keypoints = result
     if result.ndim != 4 or result.shape[0] != image.shape[0] or result.shape[-1] != 3:
         raise PreprocessError(f"{spec.name} returned shape {tuple(result.shape)} for input "
                               f"{tuple(image.shape)}: this is a bug in {spec.target}")
-    return result.float().contiguous()
+    return PreprocessResult(result.float().contiguous(), keypoints)
 
 
 def __getattr__(name: str) -> Any:
@@ -290,5 +316,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["COMMON_OPTIONS", "PREPROCESSORS", "ModelCache", "Option", "PreprocessorSpec", "fit", "get_spec",
-           "list_preprocessors", "pixel_perfect_resolution", "resize_short_side", "run"]
+__all__ = ["COMMON_OPTIONS", "PREPROCESSORS", "ModelCache", "Option", "PreprocessResult", "PreprocessorSpec", "fit",
+           "get_spec", "list_preprocessors", "pixel_perfect_resolution", "resize_short_side", "run", "run_detailed"]
