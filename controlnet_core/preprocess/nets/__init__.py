@@ -44,6 +44,8 @@ class Architecture:
     files: tuple[str, ...]  # published file names, first = the usual one
     published: str  # where the files are published (repository / URL)
     licence: str = ""
+    finish: Callable[[nn.Module], nn.Module] | None = None  # after strict loading: fold kernels, fuse norms
+
 
     def describe(self) -> str:
         return f"{self.name} ({' or '.join(self.files)}, published at {self.published})"
@@ -76,13 +78,21 @@ def find_weights(models_dir: ModelsDir, arch: Architecture) -> Path:
 
 def read_weights(path: str | os.PathLike) -> StateDict:
     """A weight file's tensors, unwrapped (`state_dict`, `model`, `module.`), read safely (see formats.py)."""
-    from ...formats import read_state_dict
+    from ...formats import _looks_like_safetensors, _read_safetensors, _read_torch, _weights_file, unwrap
 
     try:
-        sd = read_state_dict(path)
+        file = _weights_file(Path(path))
+        raw = _read_safetensors(file) if _looks_like_safetensors(file) else _read_torch(file)
+        sd = unwrap(_unwrap_model(raw), source=str(file))
     except CheckpointError as exc:
         raise PreprocessError(str(exc)) from exc
     return strip_prefix(sd, "module.")
+
+
+def _unwrap_model(raw: Mapping[str, object]) -> Mapping[str, object]:
+    """`{"model": {...}, ...}` training checkpoints (NormalBAE's scannet.pt) hold the weights under "model"."""
+    inner = raw.get("model") if isinstance(raw, Mapping) else None
+    return inner if isinstance(inner, Mapping) and all(isinstance(v, torch.Tensor) for v in inner.values()) else raw
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
@@ -154,7 +164,8 @@ def build_loaded(arch: Architecture, sd: Mapping[str, torch.Tensor], dtype: torc
         if buffer.is_meta:
             raise PreprocessError(f"{arch.name}: buffer {name} is not stored in the weights; make it persistent "
                                   "or compute it in forward (this is a bug in the network module)")
-    return module.eval().requires_grad_(False)
+    module = module.eval().requires_grad_(False)
+    return arch.finish(module) if arch.finish is not None else module
 
 
 def load_network(models_dir: ModelsDir, candidates: Sequence[Architecture], *, dtype: torch.dtype = torch.float32,
