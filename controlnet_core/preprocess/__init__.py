@@ -125,6 +125,7 @@ def _batch(default: int) -> Option:
                   tooltip="Frames per network call: larger is faster on a GPU, smaller needs less memory.")
 
 
+
 COMMON_OPTIONS = (
     Option("resolution", "int", 0, 0, 16384, 8,
            tooltip="Short side, in pixels, of the image the preprocessor works on and returns (rounded to a "
@@ -146,6 +147,10 @@ _CANNY_LOW = _threshold("low_threshold", 100, "Canny low threshold on the 0-255 
 _CANNY_HIGH = _threshold("high_threshold", 200, "Canny high threshold on the 0-255 scale (cv2.Canny threshold2): "
                                                 "edges start at gradients above it.")
 _GAMMA = Option("gamma", "float", 1.0, 0.1, 2.0, 0.01, tooltip="Gamma applied to the result (x ** gamma).")
+_SAFE = Option("safe", "bool", False, tooltip="Safe mode: quantise the edge strength to 3 levels (0, 127, 255), as "
+                                               "part of the ControlNet 1.1 softedge training data was.")
+_SCRIBBLE = Option("scribble", "bool", False, tooltip="Fake scribble: thin the soft edges to 0/255 strokes (non-maximum "
+                                                      "suppression and blur, as the annotators do).")
 _STRETCH = Option("normalize", "bool", False, tooltip="Stretch the darkest value to black and the brightest to white.")
 
 PREPROCESSORS: dict[str, PreprocessorSpec] = {spec.name: spec for spec in (
@@ -211,6 +216,39 @@ PREPROCESSORS: dict[str, PreprocessorSpec] = {spec.name: spec for spec in (
                       Option("height", "int", 512, 8, 16384, 8, tooltip="Output height."),
                       Option("mode", "choice", "Crop and Resize", choices=RESIZE_MODES,
                              tooltip=COMMON_OPTIONS[4].tooltip))),
+    # learned preprocessors (nets/): weights from models/controlnet_preprocessors/<net_folder>/ or that folder
+    PreprocessorSpec("hed", "softedge:hed", "HED soft edges (ControlNetHED.pth, Apache-2.0).",
+                     (_SAFE, _SCRIBBLE, _batch(8)), net_folder="softedge"),
+    PreprocessorSpec("pidinet", "softedge:pidinet",
+                     "PiDiNet soft edges (table5_pidinet.pth; licence: research use only, commercial use needs the "
+                     "authors' permission).",
+                     (_SAFE, _SCRIBBLE, Option("apply_filter", "bool", False,
+                                               tooltip="Binary edges: keep only edge probabilities above 0.5."),
+                      _batch(8)), net_folder="softedge"),
+    PreprocessorSpec("teed", "softedge:teed", "TEED soft edges (7_model.pth or MistoLine's MTEED.pth, MIT).",
+                     (Option("safe_steps", "int", 2, 0, 10, 1,
+                             tooltip="Safe mode: quantise the edge strength to this many steps (0: off)."),
+                      _batch(16)), net_folder="softedge"),
+    PreprocessorSpec("lineart", "lineart:lineart",
+                     "Line art from the informative-drawings generator (sk_model.pth; coarse: sk_model2.pth, MIT).",
+                     (Option("coarse", "bool", False, tooltip="Use the coarse generator (sk_model2.pth) instead of "
+                                                              "the realistic one (sk_model.pth)."),
+                      _batch(8)), net_folder="lineart"),
+    PreprocessorSpec("lineart_anime", "lineart:lineart_anime", "Anime line art (netG.pth, pix2pix U-Net, MIT).",
+                     (_batch(4),), net_folder="lineart"),
+    PreprocessorSpec("mlsd", "mlsd:mlsd",
+                     "M-LSD straight line segments (mlsd_large_512_fp32.pth or mlsd_tiny_512_fp32.pth, Apache-2.0).",
+                     (Option("score_threshold", "float", 0.1, 0.0, 1.0, 0.01,
+                             tooltip="Keep a segment when its centre score is above this (M-LSD thr_v)."),
+                      Option("distance_threshold", "float", 0.1, 0.0, 100.0, 0.05,
+                             tooltip="Keep a segment longer than this, in pixels of the half-resolution output "
+                                     "grid (M-LSD thr_d)."),
+                      Option("model", "choice", "large", choices=("large", "tiny"),
+                             tooltip="large: mlsd_large_512_fp32.pth; tiny: mlsd_tiny_512_fp32.pth."),
+                      _batch(16)), net_folder="mlsd"),
+    PreprocessorSpec("normal_bae", "normals:normal_bae",
+                     "NormalBAE surface normals (scannet.pt, MIT) in the ControlNet 1.1 normalbae colours.",
+                     (_batch(4),), net_folder="normal"),
 )}
 
 

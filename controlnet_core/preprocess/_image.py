@@ -80,9 +80,10 @@ def rgb_to_gray_u8(rgb_u8: torch.Tensor) -> torch.Tensor:
     return (y >> 15).to(torch.uint8)
 
 
-def gaussian_kernel_size(sigma: float) -> int:
-    """The kernel size OpenCV's GaussianBlur picks for float images when ksize=(0, 0) (cvRound(8*sigma + 1) | 1)."""
-    return int(math.floor(sigma * 8.0 + 1.0 + 0.5)) | 1
+def gaussian_kernel_size(sigma: float, eight_bit: bool = False) -> int:
+    """The kernel size OpenCV's GaussianBlur picks when ksize=(0, 0): cvRound(8*sigma + 1) | 1 for float images,
+    cvRound(6*sigma + 1) | 1 for 8-bit ones."""
+    return math.floor(sigma * (6.0 if eight_bit else 8.0) + 1.0 + 0.5) | 1
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -93,6 +94,35 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     g = (g / g.sum()).to(x.dtype)
     y = _blur_last_dim(x, g)  # (B, C, H, W) along rows
     return _blur_last_dim(y.transpose(-1, -2), g).transpose(-1, -2).contiguous()  # along columns
+
+
+def gaussian_blur_u8(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """cv2.GaussianBlur of an 8-bit image, bit-exact: (B, C, H, W) float holding integers 0..255 -> the same.
+
+    OpenCV blurs uint8 images in fixed point: a kernel of cvRound(6 sigma + 1) | 1 taps quantised to 1/256 with
+    error diffusion from the outer taps inwards (smooth.dispatch.cpp getGaussianKernelFixedPoint_ED), integer row
+    and column sums, and one rounding at the end. Every partial sum is an integer below 2^24, so float32 is exact.
+    """
+    taps = fixed_gaussian_kernel(gaussian_kernel_size(sigma, eight_bit=True), sigma)
+    g = torch.tensor(taps, dtype=x.dtype, device=x.device)
+    y = _blur_last_dim(x, g)  # (B, C, H, W) row sums, units of 1/256
+    y = _blur_last_dim(y.transpose(-1, -2), g).transpose(-1, -2)  # units of 1/65536
+    return torch.floor((y + 32768.0) / 65536.0).contiguous()
+
+
+def fixed_gaussian_kernel(size: int, sigma: float, bits: int = 8) -> list[int]:
+    """OpenCV's fixed-point Gaussian taps (sum 2^bits): the normalised kernel scaled by 2^bits and rounded tap by
+    tap from the outside in, each carrying the previous rounding error; the centre takes what is left."""
+    half = size // 2
+    weights = [math.exp((x * x) * (-0.125 / (sigma * sigma))) for x in range(1 - size, 0, 2)]  # x = 2 (i - half)
+    scale = (1 << bits) / (2.0 * sum(weights) + 1.0)
+    taps, err = [0] * size, 0.0
+    for i, w in enumerate(weights):
+        adjusted = w * scale + err
+        taps[i] = taps[size - 1 - i] = round(adjusted)  # cvRound: half to even, as Python's round
+        err = adjusted - taps[i]
+    taps[half] = (1 << bits) - 2 * sum(taps[:half])
+    return taps
 
 
 def _blur_last_dim(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Primitives shared by the preprocessor networks: Conv + BatchNorm fusion and TF 'same' padding."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -22,7 +23,7 @@ def fuse_conv_bn(conv: nn.Conv2d | nn.Conv1d, bn: nn.BatchNorm2d) -> nn.Module:
 def fuse_sequential(seq: nn.Sequential) -> None:
     """In place: every Conv directly followed by a BatchNorm inside `seq` absorbs it (the norm becomes Identity)."""
     names = list(seq._modules)
-    for a, b in zip(names, names[1:]):
+    for a, b in itertools.pairwise(names):
         conv, bn = seq._modules[a], seq._modules[b]
         if isinstance(conv, (nn.Conv2d, nn.Conv1d)) and isinstance(bn, nn.BatchNorm2d):
             seq._modules[a], seq._modules[b] = fuse_conv_bn(conv, bn), nn.Identity()

@@ -105,7 +105,7 @@ class BlockTypeC(nn.Module):
 
 
 class _MLSD(nn.Module):
-    def fuse(self) -> "_MLSD":
+    def fuse(self) -> _MLSD:
         for module in list(self.modules()):
             if isinstance(module, nn.Sequential):
                 fuse_sequential(module)

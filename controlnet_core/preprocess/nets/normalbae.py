@@ -209,7 +209,7 @@ class NNET(nn.Module):
         """(B, 3, H, W) ImageNet-normalised RGB, H and W multiples of 32 -> (B, 4, H, W) normal + kappa."""
         return self.decoder(self.encoder(x))
 
-    def fuse(self) -> "NNET":
+    def fuse(self) -> NNET:
         """Fold every BatchNorm into its convolution (inference only)."""
         for module in self.modules():
             if isinstance(module, _Fusable):

@@ -124,7 +124,7 @@ class PiDiNet(nn.Module):
         self.classifier = nn.Conv2d(4, 1, 1)
         self._stages = [[f"block{s}_{b}" for b in range(1, n + 1)] for s, (_, n) in enumerate(stages, start=1)]
 
-    def fold(self) -> "PiDiNet":
+    def fold(self) -> PiDiNet:
         for module in self.modules():
             if isinstance(module, PDConv):
                 module.fold()
