@@ -27,7 +27,7 @@ def lineart(image: torch.Tensor, coarse: bool = False, batch_size: int = 8, mode
 
     line = run_network(image, [LINEART_COARSE if coarse else LINEART], forward, models_dir=models_dir,
                        model_cache=model_cache, batch_size=batch_size, progress=progress)
-    return to_bhwc(1.0 - quantize(line) / 255.0)
+    return to_bhwc((255.0 - quantize(line)) / 255.0)
 
 
 def lineart_anime(image: torch.Tensor, batch_size: int = 4, models_dir=None, model_cache: NetCache | None = None,
@@ -42,4 +42,4 @@ def lineart_anime(image: torch.Tensor, batch_size: int = 4, models_dir=None, mod
 
     line = run_network(image, [LINEART_ANIME], forward, models_dir=models_dir, model_cache=model_cache,
                        batch_size=batch_size, progress=progress)
-    return to_bhwc(1.0 - quantize(line / 255.0) / 255.0)
+    return to_bhwc((255.0 - quantize(line / 255.0)) / 255.0)

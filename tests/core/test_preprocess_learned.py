@@ -24,7 +24,7 @@ from controlnet_core.preprocess.nets.pidinet import PIDINET
 from controlnet_core.preprocess.nets.teed import TEED
 
 pytest.importorskip("controlnet_aux")
-from tests.learned_nets import ALL, random_weights, reference_detector, save_upstream  # noqa: E402
+from tests.learned_nets import ALL, random_weights, reference_detector, save_upstream
 
 DISTINCT = tuple(a for a in ALL if a is not LINEART_COARSE)  # coarse has the realistic layout: only its name differs
 
