@@ -34,7 +34,7 @@ def mlsd(image: torch.Tensor, score_threshold: float = 0.1, distance_threshold: 
         padded, _ = pad_to_multiple(x, 16)  # the head up-samples stride-16 features twice by 2
         ones = torch.ones_like(padded[:, :1])
         out = net(torch.cat([padded * 255.0, ones], dim=1) / 127.5 - 1.0)  # (b, 5, H'/2, W'/2)
-        return decode(out, score_threshold, distance_threshold)  # (b, K, 5)
+        return decode(out, score_threshold, distance_threshold)  # (b, K, 7)
 
     segments = run_network(image, [MODELS[model]], forward, models_dir=models_dir, model_cache=model_cache,
                            batch_size=batch_size, progress=progress)
@@ -42,25 +42,29 @@ def mlsd(image: torch.Tensor, score_threshold: float = 0.1, distance_threshold: 
 
 
 def decode(out: torch.Tensor, score_threshold: float, distance_threshold: float) -> torch.Tensor:
-    """(b, 5, h, w) centre logits + displacements -> (b, K, 5): x0, y0, x1, y1 at full resolution and a keep flag."""
+    """(b, 5, h, w) centre logits + displacements -> (b, K, 7): centre y, x, the 4 displacements, a keep flag."""
     b, _, h, w = out.shape
     heat = torch.sigmoid(out[:, 0])  # (b, h, w)
     heat = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
     scores, index = torch.topk(heat.reshape(b, -1), min(TOP_K, h * w), dim=1)  # (b, K)
     disp = out[:, 1:5].reshape(b, 4, -1).gather(2, index[:, None].expand(-1, 4, -1))  # (b, 4, K)
-    y, x = (index // w).to(out.dtype), (index % w).to(out.dtype)
     length = torch.sqrt((disp[:, 0] - disp[:, 2]) ** 2 + (disp[:, 1] - disp[:, 3]) ** 2)
     keep = (scores > score_threshold) & (length > distance_threshold)
-    ends = torch.stack([x + disp[:, 0], y + disp[:, 1], x + disp[:, 2], y + disp[:, 3]], dim=-1) * 2.0
-    return torch.cat([ends, keep[..., None].to(out.dtype)], dim=-1)
+    centre = torch.stack([index // w, index % w], dim=-1).to(out.dtype)  # (b, K, 2), exact below 2^24
+    return torch.cat([centre, disp.transpose(1, 2), keep[..., None].to(out.dtype)], dim=-1)
 
 
 def draw_segments(segments: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, K, 5) segments -> (B, 1, H, W) in {0, 1}: each kept one drawn by cv2.line, width 1."""
-    data = segments.double().cpu().numpy()
+    """(B, K, 7) decoded centres -> (B, 1, H, W) in {0, 1}: each kept segment drawn by cv2.line, width 1.
+
+    Endpoints are 2 (centre + displacement) in float64 and truncated as the reference's `int()` does (computing
+    them in float32 would move a line by a pixel whenever the sum lies within float32 rounding of an integer)."""
+    data = segments.cpu().numpy()
     canvas = np.zeros((len(data), height, width), np.uint8)
     for frame, rows in zip(canvas, data):
-        for x0, y0, x1, y1, keep in rows:
-            if keep:
-                cv2.line(frame, (int(x0), int(y0)), (int(x1), int(y1)), 255, 1)
+        for y, x, dx0, dy0, dx1, dy1 in rows[rows[:, 6] > 0, :6]:
+            y, x = float(y), float(x)
+            ends = [2.0 * (x + float(dx0)), 2.0 * (y + float(dy0)), 2.0 * (x + float(dx1)), 2.0 * (y + float(dy1))]
+            x0, y0, x1, y1 = (int(v) for v in ends)
+            cv2.line(frame, (x0, y0), (x1, y1), 255, 1)
     return torch.from_numpy(canvas)[:, None].float() / 255.0
