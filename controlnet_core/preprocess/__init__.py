@@ -206,8 +206,16 @@ PREPROCESSORS: dict[str, PreprocessorSpec] = {spec.name: spec for spec in (
                       Option("convention", "choice", "bae", choices=NORMAL_CONVENTIONS,
                              tooltip="bae: red = left, green = up (ControlNet 1.1 normalbae). opengl: red = right."),
                       _temporal("depth range")), frame_independent=False),
-    PreprocessorSpec("depth", "depth:depth", "Depth from a local transformers model (DPT/MiDaS, Depth Anything).",
-                     (_temporal("depth range"), _batch(8)), model_folder="depth", frame_independent=False),
+    PreprocessorSpec("depth", "depth:depth",
+                     "Depth from a local model: a transformers folder (DPT/MiDaS, Depth Anything, ZoeDepth, Depth Pro) "
+                     "or an original Depth Anything V2 file (licence: Small Apache-2.0, Base/Large CC-BY-NC-4.0 "
+                     "non-commercial; Depth Pro research only).",
+                     (_temporal("depth range"), _batch(8),
+                      Option("align_frames", "bool", False,
+                             tooltip="Video: fit each frame's depth to the previous frame by a least-squares scale "
+                                     "and shift before normalising, so the clip does not pump; use with "
+                                     "temporal_normalize.")),
+                     model_folder="depth", frame_independent=False),
     PreprocessorSpec("segmentation", "segment:segmentation",
                      "ADE20K-coloured semantic segmentation from a local transformers model (UperNet, SegFormer).",
                      (_batch(4),), model_folder="segmentation", frame_independent=False),

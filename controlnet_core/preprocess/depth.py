@@ -1,4 +1,4 @@
-"""Depth (DPT / MiDaS, Depth Anything via transformers) and surface normals from a depth map.
+"""Depth (DPT / MiDaS, Depth Anything, ZoeDepth, Depth Pro via transformers) and surface normals from a depth map.
 
 Depth follows lllyasviel/ControlNet annotator/midas/__init__.py: the network's relative inverse depth, min-max
 normalised so that near is white. Normals follow the same file's depth-to-normal step (Sobel gradients of the
@@ -19,11 +19,33 @@ from .models import ModelCache, prepare_pixels, run_model
 
 
 def depth(image: torch.Tensor, models_dir: str | None = None, model_cache: ModelCache | None = None,
-          temporal_normalize: bool = False, batch_size: int = 8,
+          temporal_normalize: bool = False, batch_size: int = 8, align_frames: bool = False,
           progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Relative depth, near = white, from a local transformers depth model (DPT, MiDaS, Depth Anything...)."""
+    """Relative depth, near = white, from a local depth model (a transformers folder: DPT, MiDaS, Depth Anything,
+    ZoeDepth, Depth Pro; or an original Depth Anything V2 file). Video: `align_frames` fits each frame to the
+    previous ones by scale and shift, `temporal_normalize` uses one range for the clip."""
     raw = estimate_depth(image, models_dir, model_cache, batch_size, progress)  # (B, 1, H, W)
+    if align_frames:
+        raw = align_to_previous(raw)
     return to_bhwc(minmax_normalize(raw, temporal_normalize))
+
+
+def align_to_previous(raw: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) relative depth -> each frame t mapped by the least-squares scale s and shift b that bring it
+    closest to the aligned frame t-1 (min over s, b of sum (s d_t + b - a_{t-1})^2; shared/research/
+    preprocessors_next.md §4). Relative depth models are right only up to such an affine map per frame, which is
+    what makes a clip's depth pump; a frame that fits with s <= 0 (a cut) starts a new reference as it is."""
+    out = [raw[0]]
+    for frame in raw[1:]:
+        ref = out[-1]
+        d, r = frame.flatten() - frame.mean(), ref.flatten() - ref.mean()
+        var = (d * d).sum()
+        scale = (d * r).sum() / var if float(var) > 0 else torch.ones((), device=raw.device)
+        if float(scale) <= 0:
+            out.append(frame)
+            continue
+        out.append(scale * (frame - frame.mean()) + ref.mean())
+    return torch.stack(out)
 
 
 def estimate_depth(image: torch.Tensor, models_dir: str | None, model_cache: ModelCache | None, batch_size: int,
@@ -38,11 +60,21 @@ def estimate_depth(image: torch.Tensor, models_dir: str | None, model_cache: Mod
     for part in batch_slices(x.shape[0], batch_size):
         pixels = prepare_pixels(x[part].to(device), cache.input_spec).to(dtype)  # (b, 3, h', w')
         predicted = run_model(model, pixels, cache.folder).predicted_depth  # (b, h'', w'')
+        if is_metric(model):  # metres, far = large: near = white is the negated depth (nightly annotator/zoe)
+            predicted = -predicted
         predicted = F.interpolate(predicted[:, None].float(), size=x.shape[-2:], mode="bicubic", align_corners=False)
         out.append(predicted.to(image.device))  # (b, 1, H, W)
         if progress is not None:
             progress(part.stop, x.shape[0])
     return torch.cat(out)
+
+
+def is_metric(model: torch.nn.Module) -> bool:
+    """True for models that predict metric depth (ZoeDepth, Depth Pro, Depth Anything metric) rather than relative
+    inverse depth (MiDaS/DPT, Depth Anything relative)."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", "") in ("zoedepth", "depth_pro")
+            or getattr(config, "depth_estimation_type", "relative") == "metric")
 
 
 def normal_from_depth(image: torch.Tensor, strength: float = 1.0, bg_threshold: float = 0.4,

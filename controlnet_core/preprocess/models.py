@@ -143,13 +143,20 @@ class ModelCache:
         return None if self.model is None else next(self.model.parameters()).device
 
     def load(self, folder: str | Path | None, task: str) -> torch.nn.Module:
-        """The model in `folder` for `task` ("depth" | "segmentation"); reads the disk only when it changed."""
-        path = check_model_folder(folder, task)
+        """The model in `folder` for `task` ("depth" | "segmentation"); reads the disk only when it changed.
+        Depth also reads an original Depth Anything V2 file (`folder` is the file, or a folder holding it)."""
+        original = _original_depth_file(folder) if task == "depth" else None
+        path = original if original is not None else check_model_folder(folder, task)
         if self.model is not None and self.folder == path.resolve() and self.task == task:
             return self.model
         self.unload()
-        self.model = _from_pretrained(path, task, self.dtype)
-        self.input_spec = InputSpec.from_dict(json.loads((path / "preprocessor_config.json").read_text()))
+        if original is not None:
+            from .depth_anything import INPUT, load_original
+
+            self.model, self.input_spec = load_original(path, self.dtype), INPUT
+        else:
+            self.model = _from_pretrained(path, task, self.dtype)
+            self.input_spec = InputSpec.from_dict(json.loads((path / "preprocessor_config.json").read_text()))
         self.folder, self.task = path.resolve(), task
         self.loads += 1
         logger.info("loaded %s model %s (%s) from %s", task, type(self.model).__name__, self.dtype, path)
@@ -173,6 +180,12 @@ class ModelCache:
     def unload(self) -> None:
         """Drop the model (its memory is freed with the last reference)."""
         self.model, self.folder, self.task, self.input_spec = None, None, None, None
+
+
+def _original_depth_file(folder: str | Path | None) -> Path | None:
+    from .depth_anything import find_original
+
+    return find_original(folder)
 
 
 def _from_pretrained(path: Path, task: str, dtype: torch.dtype) -> torch.nn.Module:

@@ -45,3 +45,11 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
     return x, (h, w)
+
+
+def channels_last(module: nn.Module) -> nn.Module:
+    """Store the 4-D weights channels-last: oneDNN (CPU) and cuDNN then keep activations in NHWC, which avoids a
+    layout conversion around every convolution. Measured on a 2-core AVX2 CPU (batch 2, 256x256): PiDiNet 1.65x,
+    M-LSD 1.26x, NormalBAE 1.22x, HED 1.17x, TEED 1.07x faster; the instance-normed lineart generators 0.86x
+    (so they keep the default layout)."""
+    return module.to(memory_format=torch.channels_last)

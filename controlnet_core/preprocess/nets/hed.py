@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Architecture
+from ._layers import channels_last
 
 
 class DoubleConvBlock(nn.Module):
@@ -45,5 +46,5 @@ class ControlNetHED(nn.Module):
 
 
 HED = Architecture("hed", ControlNetHED, ("ControlNetHED.pth",), "Hugging Face lllyasviel/Annotators",
-                   "Apache-2.0")
+                   "Apache-2.0", finish=channels_last)
 ARCHITECTURES = (HED,)

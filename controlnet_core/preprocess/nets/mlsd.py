@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Architecture
-from ._layers import fuse_sequential
+from ._layers import channels_last, fuse_sequential
 
 # MobileNetV2 stages (expansion t, channels c, repeats n, stride s); large keeps the 96-channel stage, tiny stops before
 _STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
@@ -156,7 +156,7 @@ class MLSDTiny(_MLSD):
 
 _LICENCE = "Apache-2.0"
 MLSD_LARGE = Architecture("mlsd_large", MLSDLarge, ("mlsd_large_512_fp32.pth",),
-                          "Hugging Face lllyasviel/Annotators", _LICENCE, finish=lambda net: net.fuse())
+                          "Hugging Face lllyasviel/Annotators", _LICENCE, finish=lambda net: channels_last(net.fuse()))
 MLSD_TINY = Architecture("mlsd_tiny", MLSDTiny, ("mlsd_tiny_512_fp32.pth",), "GitHub navervision/mlsd (models/)",
-                         _LICENCE, finish=lambda net: net.fuse())
+                         _LICENCE, finish=lambda net: channels_last(net.fuse()))
 ARCHITECTURES = (MLSD_LARGE, MLSD_TINY)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Architecture
-from ._layers import fuse_conv_bn, fuse_sequential, same_pad
+from ._layers import channels_last, fuse_conv_bn, fuse_sequential, same_pad
 
 # EfficientNet-B5 (width 1.6, depth 2.2): (block kind, kernel, stride, expansion, channels, repeats) per stage
 B5_STAGES = (("ds", 3, 1, 1, 24, 3), ("ir", 3, 2, 6, 40, 5), ("ir", 5, 2, 6, 64, 5), ("ir", 3, 2, 6, 128, 7),
@@ -157,6 +157,14 @@ def _head(cin: int) -> nn.Sequential:
                          nn.Conv1d(128, 128, 1), nn.ReLU(), nn.Conv1d(128, 4, 1))
 
 
+def _pixel_mlp(head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The stored Conv1d MLP applied to every pixel of (B, C, H, W) as 1x1 convolutions (the reference flattens to
+    (B, C, H*W) first; this keeps the channels-last layout)."""
+    for layer in head:
+        x = F.conv2d(x, layer.weight[..., None], layer.bias) if isinstance(layer, nn.Conv1d) else layer(x)
+    return x
+
+
 def norm_normalize(out: torch.Tensor) -> torch.Tensor:
     """(B, 4, ...) -> unit normal in channels 0-2, concentration kappa = elu(k) + 1.01 in channel 3."""
     normal, kappa = out[:, :3], out[:, 3:]
@@ -186,8 +194,7 @@ class Decoder(nn.Module):
         out = norm_normalize(self.out_conv_res8(d2))  # (B, 4, H/8, W/8)
         for feat, head in ((d2, self.out_conv_res4), (d3, self.out_conv_res2), (d4, self.out_conv_res1)):
             x = torch.cat([_up2(feat), _up2(out)], dim=1)  # (B, C + 4, 2h, 2w)
-            b, c, h, w = x.shape
-            out = norm_normalize(head(x.view(b, c, h * w)).view(b, 4, h, w))
+            out = norm_normalize(_pixel_mlp(head, x))  # (B, 4, 2h, 2w)
         return out
 
     def fuse(self) -> None:
@@ -221,5 +228,5 @@ class NNET(nn.Module):
 
 
 NORMAL_BAE = Architecture("normal_bae", NNET, ("scannet.pt",), "Hugging Face lllyasviel/Annotators", "MIT",
-                          finish=lambda net: net.fuse())
+                          finish=lambda net: channels_last(net.fuse()))
 ARCHITECTURES = (NORMAL_BAE,)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Architecture
+from ._layers import channels_last
 
 CARV4 = ("cd", "ad", "rd", "cv") * 4  # PDC type of layer 0 (init_block) .. 15 (block4_4)
 _CLOCKWISE = [3, 0, 1, 6, 4, 2, 7, 8, 5]  # ad: each tap minus its clockwise neighbour
@@ -145,5 +146,5 @@ class PiDiNet(nn.Module):
 
 PIDINET = Architecture("pidinet", PiDiNet, ("table5_pidinet.pth",), "Hugging Face lllyasviel/Annotators",
                        "MIT text with a research-only clause: commercial use needs the authors' permission",
-                       finish=lambda net: net.fold())
+                       finish=lambda net: channels_last(net.fold()))
 ARCHITECTURES = (PIDINET,)

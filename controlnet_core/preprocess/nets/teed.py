@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Architecture
+from ._layers import channels_last
 
 
 def smish(x: torch.Tensor) -> torch.Tensor:
@@ -116,5 +117,5 @@ class TED(nn.Module):
 
 TEED = Architecture("teed", TED, ("7_model.pth", "MTEED.pth"),
                     "Hugging Face bdsqlsz/qinglong_controlnet-lllite (Annotators/7_model.pth) or TheMistoAI/MistoLine "
-                    "(Anyline/MTEED.pth)", "MIT")
+                    "(Anyline/MTEED.pth)", "MIT", finish=channels_last)
 ARCHITECTURES = (TEED,)
