@@ -33,15 +33,26 @@ def original_vits(tmp_path_factory):
     return model, folder
 
 
-def test_an_original_depth_anything_v2_file_loads_and_equals_the_authors_code(original_vits):
+def _compare_with_the_authors_code(original_vits, size: tuple[int, int]) -> float:
     model, folder = original_vits
     ours = load_original(folder / "depth_anything_v2_vits.pth")
-    x = torch.randn(2, 3, 70, 98)  # multiples of 14, as its processor makes them
+    x = torch.randn(1, 3, *size)  # multiples of 14, as its processor makes them
     with torch.no_grad():
-        ref = model(x)  # (2, 70, 98) relative inverse depth (ReLU output)
+        ref = model(x)  # (1, H, W) relative inverse depth (ReLU output)
         got = ours(pixel_values=x).predicted_depth
     assert got.shape == ref.shape and ref.std() > 0
-    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    return float((got - ref).abs().max() / ref.abs().max())
+
+
+def test_an_original_depth_anything_v2_file_loads_close_to_the_authors_code(original_vits):
+    # away from 518x518 transformers interpolates DINOv2's position embeddings a little differently from the
+    # original (about 1 % here); a wrong rename (q/k, fusion order, head) would be off by far more
+    assert _compare_with_the_authors_code(original_vits, (70, 98)) < 3e-2
+
+
+@pytest.mark.slow
+def test_at_its_native_518_pixels_the_converted_model_equals_the_authors_code(original_vits):
+    assert _compare_with_the_authors_code(original_vits, (518, 518)) < 1e-5
 
 
 def test_the_depth_preprocessor_reads_the_original_file_or_its_folder(original_vits):
@@ -51,7 +62,8 @@ def test_the_depth_preprocessor_reads_the_original_file_or_its_folder(original_v
     from_folder = run("depth", image, models_dir=folder, model_cache=cache)
     from_file = run("depth", image, models_dir=folder / "depth_anything_v2_vits.pth", model_cache=cache)
     assert from_folder.shape == (1, 56, 84, 3) and torch.equal(from_folder, from_file)
-    assert float(from_folder.amin()) == 0.0 and float(from_folder.amax()) == 1.0 and cache.loads == 2
+    assert float(from_folder.amin()) == 0.0 and float(from_folder.amax()) == 1.0
+    assert cache.loads == 1  # the folder and the file name the same weights: read once
 
 
 def test_the_rename_table_covers_every_original_key_and_refuses_others(original_vits):
@@ -75,7 +87,8 @@ def zoedepth_folder(tmp_path_factory):
                                        out_features=["stage1", "stage2", "stage3", "stage4"],
                                        reshape_hidden_states=False)
     config = transformers.ZoeDepthConfig(backbone_config=backbone.to_dict(), neck_hidden_sizes=[8, 16, 32, 32],
-                                         fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5],
+                                         fusion_hidden_size=16, bottleneck_features=16,
+                                         reassemble_factors=[4, 2, 1, 0.5],
                                          bin_embedding_dim=16, num_relative_features=8, num_attractors=[4, 4, 4, 4],
                                          bin_configurations=[{"n_bins": 8, "min_depth": 1e-3, "max_depth": 10.0,
                                                               "name": "nyu"}])
