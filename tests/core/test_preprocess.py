@@ -15,7 +15,7 @@ from controlnet_core.preprocess._image import check_image
 
 skimage_data = pytest.importorskip("skimage.data")
 
-ALGORITHMIC = [name for name, spec in PREPROCESSORS.items() if spec.model_folder is None]
+ALGORITHMIC = [name for name, spec in PREPROCESSORS.items() if spec.model_folder is None and spec.net_folder is None]
 
 
 def photo(name: str = "astronaut", crop: tuple[slice, slice] | None = None) -> np.ndarray:
@@ -69,7 +69,7 @@ def test_spec_options_are_widget_ready_and_match_the_function_signature(name):
             assert option.min <= option.default <= option.max and option.step > 0
         if option.kind == "choice":
             assert option.default in option.choices
-    if spec.model_folder is not None:
+    if spec.model_folder is not None or spec.net_folder is not None:
         assert {"models_dir", "model_cache", "progress"} <= set(parameters)
 
 
