@@ -83,8 +83,8 @@ def bench(name: str, frames: torch.Tensor, repeat: int, device: str, folder: Pat
     size = frames.shape[1]
     extra = {} if name == "teed" else {"image_resolution": size}
     cache = NetCache()
-    theirs = lambda: aux_frame_by_frame(detector, frames, size, extra)  # noqa: E731
-    ours = lambda: run(name, frames.to(device), models_dir=folder, model_cache=cache)  # noqa: E731
+    theirs = lambda: aux_frame_by_frame(detector, frames, size, extra)
+    ours = lambda: run(name, frames.to(device), models_dir=folder, model_cache=cache)
     a, b = theirs() * 255, ours().cpu() * 255  # warm-up, and the check that both compute the same hint
     agree = float(((a - b).abs() <= 1.001).float().mean())
     if agree < 0.999:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PreprocessError
+from ..errors import CheckpointError, PreprocessError
 from .models import InputSpec
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def convert(sd: dict[str, torch.Tensor], source: str = "<state dict>") -> tuple[
                               f"{', '.join(map(str, SIZES))} wide (the giant model is not supported)")
     out = {}
     for key, value in sd.items():
-        if key.endswith(".attn.qkv.weight") or key.endswith(".attn.qkv.bias"):
+        if key.endswith((".attn.qkv.weight", ".attn.qkv.bias")):
             block = key.split(".")[2]
             kind = key.rsplit(".", 1)[1]
             for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
@@ -125,7 +125,7 @@ def load_original(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Mo
 
     try:
         sd = read_state_dict(path)
-    except Exception as exc:  # noqa: BLE001 - CheckpointError and friends: one line naming the file
+    except CheckpointError as exc:
         raise PreprocessError(str(exc)) from exc
     kwargs, renamed = convert(sd, str(path))
     with torch.device("meta"):

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-from controlnet_core.errors import PreprocessError  # noqa: E402
-from controlnet_core.preprocess import ModelCache, run  # noqa: E402
-from controlnet_core.preprocess.depth import align_to_previous  # noqa: E402
-from controlnet_core.preprocess.depth_anything import convert, load_original  # noqa: E402
+from controlnet_core.errors import PreprocessError
+from controlnet_core.preprocess import ModelCache, run
+from controlnet_core.preprocess.depth import align_to_previous
+from controlnet_core.preprocess.depth_anything import convert, load_original
 
 
 @pytest.fixture(scope="module")
