@@ -104,10 +104,22 @@ def gaussian_blur_u8(x: torch.Tensor, sigma: float) -> torch.Tensor:
     and column sums, and one rounding at the end. Every partial sum is an integer below 2^24, so float32 is exact.
     """
     taps = fixed_gaussian_kernel(gaussian_kernel_size(sigma, eight_bit=True), sigma)
-    g = torch.tensor(taps, dtype=x.dtype, device=x.device)
-    y = _blur_last_dim(x, g)  # (B, C, H, W) row sums, units of 1/256
-    y = _blur_last_dim(y.transpose(-1, -2), g).transpose(-1, -2)  # units of 1/65536
+    y = _integer_taps_last_dim(x, taps)  # (B, C, H, W) row sums, units of 1/256
+    y = _integer_taps_last_dim(y.transpose(-1, -2), taps).transpose(-1, -2)  # units of 1/65536
     return torch.floor((y + 32768.0) / 65536.0).contiguous()
+
+
+def _integer_taps_last_dim(x: torch.Tensor, taps: list[int]) -> torch.Tensor:
+    """Correlate the last dimension with integer taps by shifted multiply-adds: exact in float32 for integer data
+    (a matmul could run in TF32 on a GPU, which would round the products)."""
+    pad = len(taps) // 2
+    p = _reflect_pad(x.contiguous(), (pad, pad, 0, 0))  # (..., W + 2 pad)
+    width = x.shape[-1]
+    out = torch.zeros_like(x)
+    for i, tap in enumerate(taps):
+        if tap:
+            out += p[..., i: i + width] * float(tap)
+    return out
 
 
 def fixed_gaussian_kernel(size: int, sigma: float, bits: int = 8) -> list[int]:

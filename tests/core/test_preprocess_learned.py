@@ -194,3 +194,15 @@ def test_cli_models_dir_takes_the_folder_or_the_file(weights, tmp_path):
     first = np.asarray(Image.open(out))
     assert main(["preprocess", "lineart", str(src), str(out), "--models_dir", str(folder / "sk_model.pth")]) == 0
     assert np.array_equal(first, np.asarray(Image.open(out))) and first.std() > 0
+
+
+@pytest.mark.parametrize("sigma, size", [(3.0, (64, 96)), (1.0, (33, 50)), (3.0, (12, 10))])
+def test_the_8_bit_gaussian_equals_opencv_bit_for_bit(sigma, size):
+    import cv2
+
+    from controlnet_core.preprocess._image import gaussian_blur_u8
+
+    g = np.random.default_rng(0)
+    img = cv2.GaussianBlur(((g.uniform(0, 1, size) > 0.8) * 255).astype(np.uint8), (0, 0), 1.0)
+    ours = gaussian_blur_u8(torch.from_numpy(img).float()[None, None], sigma)[0, 0].numpy()
+    assert np.array_equal(ours, cv2.GaussianBlur(img, (0, 0), sigma))
