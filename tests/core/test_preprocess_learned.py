@@ -206,3 +206,14 @@ def test_the_8_bit_gaussian_equals_opencv_bit_for_bit(sigma, size):
     img = cv2.GaussianBlur(((g.uniform(0, 1, size) > 0.8) * 255).astype(np.uint8), (0, 0), 1.0)
     ours = gaussian_blur_u8(torch.from_numpy(img).float()[None, None], sigma)[0, 0].numpy()
     assert np.array_equal(ours, cv2.GaussianBlur(img, (0, 0), sigma))
+
+
+@pytest.mark.parametrize("kernel, padding, output_padding", [(3, 1, 1), (2, 0, 0), (4, 1, 0)])
+def test_a_stride_2_transposed_convolution_equals_its_sub_pixel_form(kernel, padding, output_padding):
+    from controlnet_core.preprocess.nets._layers import subpixel
+
+    torch.manual_seed(0)
+    deconv = torch.nn.ConvTranspose2d(8, 5, kernel, stride=2, padding=padding, output_padding=output_padding).eval()
+    x = torch.randn(2, 8, 7, 9)
+    with torch.no_grad():
+        assert torch.allclose(subpixel(deconv)(x), deconv(x), atol=1e-5)

