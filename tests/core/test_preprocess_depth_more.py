@@ -112,6 +112,38 @@ def test_a_zoedepth_folder_gives_near_white_from_its_metric_depth(zoedepth_folde
     assert torch.allclose(hint[..., 0], expected[:, 0], atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def depth_pro_folder(tmp_path_factory):
+    """A tiny random Depth Pro (metric depth; its image, patch and field-of-view encoders are small DINOv2s)."""
+    torch.manual_seed(4)
+    vit = {"model_type": "dinov2", "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "intermediate_size": 24, "image_size": 8, "patch_size": 4}
+    config = transformers.DepthProConfig(fusion_hidden_size=16, patch_size=8, intermediate_hook_ids=[1, 0],
+                                         intermediate_feature_dims=[8, 8], scaled_images_ratios=[0.5, 1],
+                                         scaled_images_overlap_ratios=[0.0, 0.5], scaled_images_feature_dims=[16, 16],
+                                         merge_padding_value=1, image_model_config=vit, patch_model_config=vit,
+                                         fov_model_config=vit, use_fov_model=False)
+    folder = tmp_path_factory.mktemp("depth_pro")
+    transformers.DepthProForDepthEstimation(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"do_resize": True, "size": {"height": 16, "width": 16}, "resample": 2, "do_normalize": True,
+         "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    return folder
+
+
+def test_a_depth_pro_folder_gives_near_white_from_its_metric_depth(depth_pro_folder):
+    image = torch.rand(2, 24, 20, 3)
+    cache = ModelCache()
+    hint = run("depth", image, models_dir=depth_pro_folder, model_cache=cache)
+    x = F.interpolate(image.permute(0, 3, 1, 2), size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        metric = cache.model(pixel_values=(x - 0.5) / 0.5).predicted_depth[:, None]  # (2, 1, h, w), far = large
+    metric = F.interpolate(metric, size=(24, 20), mode="bicubic", align_corners=False)
+    low = metric.amin(dim=(1, 2, 3), keepdim=True)
+    high = metric.amax(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(hint[..., 0], ((high - metric) / (high - low))[:, 0], atol=1e-4)
+
+
 def scene_clip(frames: int = 8, size: int = 48, seed: int = 0) -> torch.Tensor:
     """A fixed scene under a small camera pan (2 px per frame) and auto-exposure flicker (gain 0.8-1.2, offset)."""
     g = torch.Generator().manual_seed(seed)
