@@ -12,5 +12,8 @@ class ControlNetCoreExtension(ComfyExtension):
         from .load import LoadControlNet
         from .preprocess import Preprocessor
         from .strength import ControlStrength
+        from .host.examples import install_example_inputs
+
+        install_example_inputs()  # idempotent: v0.3.64 never calls on_load, so set-up lives here
 
         return [LoadControlNet, ApplyControlNet, ControlStrength, Preprocessor]

@@ -1,9 +1,10 @@
-"""Headless demo on the real host: queue every workflows/*.api.json and collect what they write.
+"""Headless demo on the real host: queue every workflows/api/*.json and collect what they write.
 
     COMFYUI_PATH=/path/to/ComfyUI python -m tests.host.demo --out demo/host [--size 64] [--steps 2]
 
 Uses the host tests' random SD1.5-architecture files (no downloads), so the pictures are noise; what the demo
-shows is that the shipped workflows load, validate and run end to end over the host's HTTP API.
+shows is that the shipped workflows, with the example pictures the pack ships (workflows/input/), load, validate
+and run end to end over the host's HTTP API.
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.host.assets import CHECKPOINT, CONTROLNETS, ensure_model_files, write_inputs
+from tests.host.assets import CHECKPOINT, CONTROLNETS, ensure_model_files
 from tests.host.graphs import shrink
 from tests.host.server import HostError, Server, comfyui_path, comfyui_python, make_base_dir
-from tests.nodes.workflow_files import WORKFLOWS
+from tests.nodes.workflow_files import INPUT_DIR, WORKFLOWS
 
 log = logging.getLogger("controlnet_core.demo")
 
@@ -34,7 +35,7 @@ def run_demo(out: Path, size: int, steps: int) -> dict[str, list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         base = make_base_dir(Path(tmp) / "base", {"checkpoints": {CHECKPOINT: models[CHECKPOINT]},
                                                   "controlnet": {n: models[n] for n in CONTROLNETS}},
-                             write_inputs(Path(tmp)))
+                             {p.name: p for p in INPUT_DIR.glob("*.png")})
         server = Server(root=root, base=base, python=comfyui_python(root))
         try:
             server.start()

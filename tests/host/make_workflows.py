@@ -1,4 +1,5 @@
-"""Writes workflows/<name>.json (UI, drag into the editor) and <name>.api.json (POST /prompt) from one description.
+"""Writes workflows/<name>.json (UI, drag into the editor), workflows/api/<name>.json (POST /prompt) and the
+example pictures they load (workflows/input/*.png) from one description.
 
     COMFYUI_PATH=/path/to/ComfyUI python -m tests.host.make_workflows     # starts the host to read object_info
     python -m tests.host.make_workflows OBJECT_INFO.json                   # or a saved GET /object_info
@@ -6,6 +7,11 @@
 Both files come from the same node list, so they describe the same graph by construction; widget order (and the
 extra `control_after_generate` / upload values the editor stores) is read from the host's object_info, which is
 why this tool needs one. tests/nodes checks the committed pairs without a host, tests/host against a live host.
+UI graphs sit directly in workflows/ because the host's template browser lists every `*.json` there; API graphs
+live in workflows/api/. Each UI graph carries a Note naming the files the user brings (the checkpoint and the
+ControlNets, with download links also listed under `models` for the editor's missing-models dialog); the example
+pictures are drawn here (`example_images`, no host needed) and copied into the host's input folder by the pack
+when it loads (nodes/host/examples.py), so a dragged workflow finds them.
 """
 from __future__ import annotations
 
@@ -17,8 +23,19 @@ from pathlib import Path
 from tests.host.assets import CHECKPOINT, HINT_IMAGE
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+API_DIR = WORKFLOWS / "api"
+INPUT_DIR = WORKFLOWS / "input"
 CANNY = "control_v11p_sd15_canny_fp16.safetensors"
 LINEART = "control_v11p_sd15_lineart_fp16.safetensors"
+MODEL_URLS = {  # name -> (models/ folder, download URL): the files a user brings (the editor offers to fetch them)
+    CHECKPOINT: ("checkpoints", "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+                                "v1-5-pruned-emaonly-fp16.safetensors"),
+    CANNY: ("controlnet", "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+                          "control_v11p_sd15_canny_fp16.safetensors"),
+    LINEART: ("controlnet", "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+                            "control_v11p_sd15_lineart_fp16.safetensors"),
+}
+VIRTUAL_NODES = ("Note", "MarkdownNote")  # editor-only nodes: in the UI graph, never in the API prompt
 POSITIVE = "a cozy wooden house in a forest clearing, golden hour, highly detailed"
 NEGATIVE = "blurry, lowres, watermark, text"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -129,8 +146,60 @@ def to_ui(wf: Workflow, info: dict) -> dict:
     # the editor's link rows name the target slot by index among the node's listed inputs
     index = {n["id"]: [i["name"] for i in n["inputs"]] for n in ui_nodes}
     links = [[lid, s, ss, t, index[t].index(name), typ] for lid, s, ss, t, name, typ in links]
-    return {"last_node_id": len(wf.nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+    used = used_models(wf)
+    ui_nodes.append(note_node(len(wf.nodes) + 1, used))
+    return {"last_node_id": len(wf.nodes) + 1, "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+            "models": [{"name": name, "url": MODEL_URLS[name][1], "directory": MODEL_URLS[name][0]}
+                       for name in used]}
+
+
+def used_models(wf: Workflow) -> list[str]:
+    """The model files the graph names (checkpoint, ControlNets), in node order, each once."""
+    names = [v for n in wf.nodes for v in n.inputs.values() if isinstance(v, str) and v in MODEL_URLS]
+    return list(dict.fromkeys(names))
+
+
+def note_node(node_id: int, models: list[str]) -> dict:
+    """The editor-only Note telling the user which files to bring and where they go."""
+    lines = [f"- models/{MODEL_URLS[n][0]}/{n}\n  {MODEL_URLS[n][1]}" for n in models]
+    text = ("Bring your own model files (any SD1.5 checkpoint works; pick yours in Load Checkpoint):\n"
+            + "\n".join(lines) + "\n\nThe example picture (" + HINT_IMAGE + ") ships with the pack and is copied "
+            "into ComfyUI's input folder when the pack loads.")
+    return {"id": node_id, "type": "Note", "pos": [0, -260], "size": [560, 220], "flags": {}, "order": node_id - 1,
+            "mode": 0, "inputs": [], "outputs": [], "properties": {"text": ""}, "widgets_values": [text],
+            "color": "#432", "bgcolor": "#653"}
+
+
+def example_images() -> dict[str, "object"]:
+    """{file name: PIL image}: the pictures the workflows load, drawn deterministically (flat shapes with hard
+    edges and thin lines, so canny, line art and depth all have something to find)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (512, 512), (150, 190, 225))  # sky
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, 360, 511, 511], fill=(70, 130, 60))  # meadow
+    d.ellipse([380, 40, 460, 120], fill=(250, 215, 90))  # sun
+    d.rectangle([150, 240, 350, 400], fill=(150, 95, 55), outline=(60, 35, 20), width=4)  # house
+    d.polygon([(130, 245), (250, 150), (370, 245)], fill=(120, 40, 35), outline=(60, 20, 15))  # roof
+    d.rectangle([225, 320, 275, 400], fill=(80, 50, 30))  # door
+    for x in (170, 295):
+        d.rectangle([x, 270, x + 35, 305], fill=(230, 230, 200), outline=(60, 35, 20), width=3)  # windows
+    for x in (40, 440):
+        d.rectangle([x + 18, 330, x + 30, 400], fill=(90, 60, 30))  # trunk
+        d.ellipse([x - 10, 250, x + 58, 345], fill=(40, 100, 45))  # crown
+    for i in range(0, 512, 32):
+        d.line([(i, 430 + (i // 32) % 3 * 8), (i + 16, 420)], fill=(50, 100, 40), width=2)  # grass strokes
+    return {HINT_IMAGE: img}
+
+
+def write_example_images(folder: Path = INPUT_DIR) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, img in example_images().items():
+        img.save(folder / name, optimize=True)
+        paths.append(folder / name)
+    return paths
 
 
 def base(wf: Workflow) -> dict:
@@ -239,11 +308,12 @@ def host_object_info() -> dict:
 
 def main(argv: list[str]) -> int:
     info = json.loads(Path(argv[0]).read_text()) if argv else host_object_info()
-    WORKFLOWS.mkdir(exist_ok=True)
+    API_DIR.mkdir(parents=True, exist_ok=True)
+    write_example_images()
     for name, build in EXAMPLES.items():
         wf = complete(build(), info)
         (WORKFLOWS / f"{name}.json").write_text(json.dumps(to_ui(wf, info), indent=2) + "\n")
-        (WORKFLOWS / f"{name}.api.json").write_text(json.dumps(to_api(wf, info), indent=2) + "\n")
+        (API_DIR / f"{name}.json").write_text(json.dumps(to_api(wf, info), indent=2) + "\n")
     return 0
 
 

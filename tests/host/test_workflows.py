@@ -1,10 +1,10 @@
-"""Every workflows/*.api.json runs on the real host; every node and input of every workflow exists there."""
+"""Every workflows/api/*.json runs on the real host; every node and input of every workflow exists there."""
 from __future__ import annotations
 
 import pytest
 
 from tests.host.graphs import shrink
-from tests.nodes.workflow_files import WORKFLOWS, api_pairs, ui_links, ui_widgets_by_name
+from tests.nodes.workflow_files import WORKFLOWS, api_pairs, graph_nodes, ui_links, ui_widgets_by_name
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_ui_widgets_match_the_api_inputs_by_name(object_info, name):
     """Read the UI file's positional widget values with the host's own input order; they must equal the API's."""
     api, ui = api_pairs()[name]
     links = ui_links(ui)
-    for node in ui["nodes"]:
+    for node in graph_nodes(ui):
         info = object_info[node["type"]]
         widgets = ui_widgets_by_name(node, info)
         literal = {k: v for k, v in api[str(node["id"])]["inputs"].items() if not isinstance(v, list)}

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.nodes.schemas import UNKNOWN, schemas
-from tests.nodes.workflow_files import WORKFLOWS, api_pairs, ui_links, ui_widgets_by_name
+from tests.nodes.workflow_files import (INPUT_DIR, WORKFLOW_DIR, WORKFLOWS, api_pairs, graph_nodes, loaded_images,
+                                       ui_links, ui_widgets_by_name)
 
 REQUIRED = ("canny", "two_controls", "control_modes", "regional_mask")
 EDITOR_MARKERS = {"fixed", "increment", "decrement", "randomize", "image"}  # control_after_generate, upload
@@ -46,7 +47,7 @@ def test_examples_show_what_their_names_say():
 @pytest.mark.parametrize("name", sorted(WORKFLOWS))
 def test_ui_and_api_describe_the_same_graph(name):
     api, ui = api_pairs()[name]
-    ui_nodes = {str(n["id"]): n for n in ui["nodes"]}
+    ui_nodes = {str(n["id"]): n for n in graph_nodes(ui)}
     assert set(ui_nodes) == set(api), f"{name}: node ids differ"
     links = ui_links(ui)
     for node_id, node in api.items():
@@ -82,3 +83,37 @@ def test_our_nodes_inputs_exist_and_are_valid(name):
                 assert value in options["options"], f"{name}: {node['class_type']}.{key}={value!r}"
             if kind in ("INT", "FLOAT"):
                 assert options.get("min", value) <= value <= options.get("max", value), f"{name}: {key}={value}"
+
+
+def test_ui_graphs_are_the_only_json_in_workflows():
+    """The host's template browser lists every workflows/*.json: only UI graphs may sit there, each with an API twin."""
+    assert {p.stem for p in WORKFLOW_DIR.glob("*.json")} == set(WORKFLOWS)
+
+
+@pytest.mark.parametrize("name", sorted(WORKFLOWS))
+def test_workflow_ships_its_pictures_and_names_the_users_files(name):
+    """Runs as dragged: every picture it loads ships in workflows/input/; a Note and `models` name the files the
+    user brings (checkpoint, ControlNets), each with a download link."""
+    api, ui = api_pairs()[name]
+    for image in loaded_images(api):
+        assert (INPUT_DIR / image).is_file(), f"{name}: {image} is not shipped in workflows/input/"
+    notes = [n for n in ui["nodes"] if n["type"] == "Note"]
+    assert len(notes) == 1, f"{name}: needs one Note naming the user's files"
+    files = {v for n in api.values() for k, v in n["inputs"].items() if k in ("ckpt_name", "control_net_name")}
+    assert files and files == {m["name"] for m in ui["models"]}
+    for model in ui["models"]:
+        assert model["name"] in notes[0]["widgets_values"][0]
+        assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith(model["name"])
+
+
+def test_example_pictures_are_the_generators():
+    """workflows/input/*.png are exactly what tests/host/make_workflows.py draws (regenerate, never hand-edit)."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.host.make_workflows import example_images
+
+    drawn = example_images()
+    assert {p.name for p in INPUT_DIR.glob("*.png")} == set(drawn)
+    for file_name, img in drawn.items():
+        assert np.array_equal(np.asarray(Image.open(INPUT_DIR / file_name).convert("RGB")), np.asarray(img))

@@ -1,12 +1,15 @@
-"""Reading the workflow pairs in workflows/: API prompts and the editor's UI (LiteGraph) files. No host needed."""
+"""Reading the workflow pairs: UI (LiteGraph) graphs in workflows/<name>.json, API prompts in
+workflows/api/<name>.json, and the example pictures they load in workflows/input/. No host needed."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[2] / "workflows"
-WORKFLOWS = {p.name[: -len(".api.json")]: (p, p.with_name(p.name.replace(".api.json", ".json")))
-             for p in sorted(WORKFLOW_DIR.glob("*.api.json"))}
+API_DIR = WORKFLOW_DIR / "api"
+INPUT_DIR = WORKFLOW_DIR / "input"  # copied into the host's input folder by the pack (nodes/host/examples.py)
+WORKFLOWS = {p.stem: (p, WORKFLOW_DIR / p.name) for p in sorted(API_DIR.glob("*.json"))}
+VIRTUAL_NODES = {"Note", "MarkdownNote"}  # editor-only nodes: in UI graphs, never in API prompts
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_VALUE = "image"  # the editor stores the upload button's value after an image_upload combo
 
@@ -16,9 +19,19 @@ def api_pairs() -> dict[str, tuple[dict, dict]]:
     return {name: (json.loads(api.read_text()), json.loads(ui.read_text())) for name, (api, ui) in WORKFLOWS.items()}
 
 
+def graph_nodes(ui: dict) -> list[dict]:
+    """The UI graph's executable nodes (Notes left out)."""
+    return [n for n in ui["nodes"] if n["type"] not in VIRTUAL_NODES]
+
+
+def loaded_images(api: dict) -> set[str]:
+    """The input pictures an API prompt's LoadImage nodes name."""
+    return {n["inputs"]["image"] for n in api.values() if n["class_type"] == "LoadImage"}
+
+
 def ui_links(ui: dict) -> dict[int, dict[str, list]]:
     """{target node id: {input name: [source id (str), source slot]}} from the UI link table."""
-    names = {n["id"]: [i["name"] for i in n.get("inputs", [])] for n in ui["nodes"]}
+    names = {n["id"]: [i["name"] for i in n.get("inputs", [])] for n in graph_nodes(ui)}
     out: dict[int, dict[str, list]] = {}
     for _, src, src_slot, dst, dst_slot, _ in ui["links"]:
         out.setdefault(dst, {})[names[dst][dst_slot]] = [str(src), src_slot]
