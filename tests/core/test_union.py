@@ -9,9 +9,20 @@ import pytest
 import torch
 
 from controlnet_core.errors import CheckpointError, ControlNetError
-from controlnet_core.union import UNION_TYPES, UnionControlNet, is_union, load_union, union_type_id
+from controlnet_core.union import (
+    UNION_TYPES,
+    UnionControlNet,
+    is_union,
+    load_union,
+    union_type_id,
+)
 from tests.core.test_network import inputs, rel_diff, sdxl_y
-from tests.fixtures import SPECS, diffusers_controlnet_config, random_controlnet_state_dict, to_diffusers_layout
+from tests.fixtures import (
+    SPECS,
+    diffusers_controlnet_config,
+    random_controlnet_state_dict,
+    to_diffusers_layout,
+)
 
 REL_TOL = 1e-5
 SPEC = "tiny-sdxl"
