@@ -170,3 +170,15 @@ def test_strict_loading_names_the_key():
     del sd["spatial_ch_projs.bias"]
     with pytest.raises(CheckpointError, match="spatial_ch_projs.bias"):
         load_union(sd)
+
+
+def test_inpaint_black_masked_is_the_repaint_hint():
+    """The repaint type's hint as xinsir trained it: masked pixels 0 (the v1.1 inpaint model's are -1)."""
+    from controlnet_core.preprocess import run
+
+    image = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    mask = torch.zeros(16, 16)
+    mask[:8] = 1.0
+    black = run("inpaint", image, mask=mask, black_masked=True)
+    assert torch.all(black[:, :8] == 0.0) and torch.equal(black[:, 8:], image[:, 8:])
+    assert torch.all(run("inpaint", image, mask=mask)[:, :8] == -1.0)
