@@ -235,6 +235,36 @@ class CoreControlNet(comfy.controlnet.ControlBase):
         return self._control
 
 
+class BaseMergedControlNet(CoreControlNet):
+    """A Control-LoRA or diff-ControlNet: its ControlNet is built from the base U-Net of the MODEL it is sampled
+    with, at pre_run, ONCE per base-model state (`merge`, shared by every copy, keeps the last one), and held by the
+    host's model management like any ControlNet. A file for another family fails there, before the first step."""
+
+    def __init__(self, merge, **options):
+        super().__init__(None, **options)
+        self.merge = merge  # nodes/host/models.py BaseMerge: the file's tensors and the current merged patcher
+
+    @property
+    def net(self):
+        return None if self.patcher is None else self.patcher.model
+
+    def copy(self) -> "BaseMergedControlNet":
+        c = BaseMergedControlNet(self.merge, weights=self.weights, mask=self.mask, resize_mode=self.resize_mode)
+        c.patcher = self.patcher
+        self.copy_to(c)
+        return c
+
+    def get_models(self) -> list:
+        return comfy.controlnet.ControlBase.get_models(self) + ([self.patcher] if self.patcher is not None else [])
+
+    def pre_run(self, model, percent_to_timestep_function) -> None:
+        patcher = self.merge.patcher_for(model)  # merged now only if the base changed; loaded by the host
+        if patcher is not self.patcher:
+            self._control, self._control_source = None, None
+        self.patcher = patcher
+        super().pre_run(model, percent_to_timestep_function)
+
+
 def normal_tensor(t: torch.Tensor) -> torch.Tensor:
     """A copy outside inference mode when `t` was made inside it (the host runs nodes in inference mode; the
     engine's caches key on a tensor's version counter, which inference tensors lack); `t` itself otherwise."""

@@ -19,7 +19,8 @@ import folder_paths
 
 from ...controlnet_core.engine import prepare_for_device
 from ...controlnet_core.formats import load_controlnet as core_load_controlnet
-from .adapter import CoreControlNet
+from ...controlnet_core.formats import storage_dtype
+from .adapter import BaseMergedControlNet, CoreControlNet
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,81 @@ def hold(net: torch.nn.Module, stored: torch.dtype, family: str) -> comfy.model_
     return comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
 
 
+class BaseMerge:
+    """A Control-LoRA / diff-ControlNet file and its ControlNet merged with the last base-model state it was sampled
+    with: merged once per (diffusion model, applied weight patches), held in a ModelPatcher, never re-merged per
+    forward. A new base state replaces (frees) the previous merge."""
+
+    def __init__(self, delta):
+        self.delta = delta  # controlnet_core.control_lora.BaseDelta (the file's tensors, on the CPU)
+        self.key = None
+        self.patcher: comfy.model_patcher.ModelPatcher | None = None
+
+    @staticmethod
+    def base_key(model) -> tuple:
+        """Identity of the base weights: the diffusion model object and the weight patches applied to it (a LoRA or
+        another fine-tune gives another key)."""
+        return id(model.diffusion_model), getattr(model, "current_weight_patches_uuid", None)
+
+    def patcher_for(self, model) -> comfy.model_patcher.ModelPatcher:
+        """The merged ControlNet for the model about to be sampled, loaded by the host's model management."""
+        from ...controlnet_core.control_lora import merge_into_base
+
+        key = self.base_key(model)
+        if self.patcher is None or key != self.key:
+            self.patcher, self.key = None, None  # free the previous merge before building the next
+            stored = storage_dtype(self.delta.tensors, self.delta.source)
+            net = merge_into_base(self.delta, model.diffusion_model.state_dict(), dtype=stored)
+            self.patcher, self.key = hold(net, stored, net.config.family), key
+            log.info("merged %s (%s) into the base U-Net once for this model state; held by the host's model "
+                     "management", self.delta.source, self.delta.kind)
+        comfy.model_management.load_models_gpu([self.patcher])  # pre_run comes after the sampler's own load
+        listed = any(m.model is self.patcher for m in comfy.model_management.current_loaded_models)
+        log.info("%s: merged ControlNet on %s, listed by the host's model management: %s", self.delta.source,
+                 next(self.patcher.model.parameters()).device, listed)
+        return self.patcher
+
+
+def _key_names(path: str) -> set[str] | None:
+    """The tensor names of a safetensors file without reading its tensors; None for other files."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return set(f.keys())
+    except Exception:  # noqa: BLE001 - not a safetensors file: the core reader decides (and names the problem)
+        return None
+
+
+def load_control_file(path: str):
+    """(kind, network or BaseDelta) of a control file: union, Control-LoRA, diff-ControlNet, else ControlNet."""
+    from ...controlnet_core.control_lora import is_control_lora, is_diff_controlnet, read_base_delta
+    from ...controlnet_core.formats import read_state_dict
+    from ...controlnet_core.union import is_union, load_union
+
+    keys = _key_names(path)
+    sd = None
+    if keys is None:
+        sd = read_state_dict(path)
+        keys = sd
+    names = dict.fromkeys(keys)
+    offload = comfy.model_management.unet_offload_device()
+    if is_control_lora(names) or is_diff_controlnet(names):
+        return "base_delta", read_base_delta(sd if sd is not None else read_state_dict(path), path)
+    if is_union(names):
+        return "union", load_union(path, device=offload)
+    return "controlnet", core_load_controlnet(path, device=offload)
+
+
 def load_controlnet(name: str) -> "CoreControlNet":
-    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads."""
+    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads
+    (Control-LoRA / diff-ControlNet: merged with the sampled model's U-Net at its first sampling)."""
     path = controlnet_path(name)
-    net = core_load_controlnet(path, device=comfy.model_management.unet_offload_device())
+    kind, net = load_control_file(path)
+    if kind == "base_delta":
+        log.info("loaded %s: %s %s, rank %s; built from the sampled model's U-Net at pre_run", name, net.family,
+                 net.kind, net.rank)
+        return BaseMergedControlNet(BaseMerge(net))
     patcher = hold(net, net.storage_dtype, net.config.family)
     log.info("loaded %s: %s %s ControlNet (%s layout, stored %s)", name, net.config.family, net.config.variant,
              net.source_format, net.storage_dtype)
