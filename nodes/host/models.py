@@ -152,9 +152,11 @@ class BaseMerge:
         key = self.base_key(model)
         if self.patcher is None or key != self.key:
             self.patcher, self.key = None, None  # free the previous merge before building the next
+            family = "sdxl" if self.delta.adm_in_channels else "sd1"
             stored = storage_dtype(self.delta.tensors, self.delta.source)
-            net = merge_into_base(self.delta, model.diffusion_model.state_dict(), dtype=stored)
-            self.patcher, self.key = hold(net, stored, net.config.family), key
+            weight, _ = choose_dtypes(stored, family, comfy.model_management.get_torch_device())
+            net = merge_into_base(self.delta, model.diffusion_model.state_dict(), dtype=weight)  # sums in fp32
+            self.patcher, self.key = hold(net, weight, net.config.family), key
             log.info("merged %s (%s) into the base U-Net once for this model state; held by the host's model "
                      "management", self.delta.source, self.delta.kind)
         comfy.model_management.load_models_gpu([self.patcher])  # pre_run comes after the sampler's own load
