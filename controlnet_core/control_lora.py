@@ -194,3 +194,35 @@ def load_base_delta(path_or_state_dict) -> BaseDelta:
     if isinstance(path_or_state_dict, Mapping):
         return read_base_delta(unwrap(path_or_state_dict))
     return read_base_delta(read_state_dict(path_or_state_dict), str(path_or_state_dict))
+
+
+# --------------------------------------------------------------------------------- the formats table's loaders
+
+def check_base_delta(sd: Mapping[str, Tensor], source: str = "<state dict>") -> BaseDelta:
+    """The formats table's check for kinds "control_lora" / "diff_controlnet" (no base needed to read them)."""
+    return read_base_delta(sd, source)
+
+
+def build_base_delta(delta: BaseDelta, **_) -> ControlNet:
+    """These kinds have no network of their own: it is built from a base U-Net (merge_into_base)."""
+    raise CheckpointError(f"{delta.source}: this {delta.kind} is built from the base U-Net of the model it is "
+                          "sampled with: use Load ControlNet (Core) in ComfyUI, or in Python "
+                          "merge_into_base(load_base_delta(path), unet_state_dict).")
+
+
+def base_delta_info(delta: BaseDelta) -> dict:
+    """inspect's fields for a Control-LoRA / diff-ControlNet: what the file's own shapes say."""
+    import re
+
+    from .formats import DTYPE_NAMES, storage_dtype
+
+    zero = sorted((int(m.group(1)), int(v.shape[0])) for k, v in delta.tensors.items()
+                  if (m := re.fullmatch(r"zero_convs\.(\d+)\.0\.weight", k)))
+    middle = delta.tensors.get("middle_block_out.0.weight")
+    stored = storage_dtype(delta.tensors, delta.source)
+    family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(delta.context_dim, "custom")
+    return dict(format="ldm" if delta.kind == "control_lora" else "ldm-prefixed", family=family, variant="-",
+                dtype=DTYPE_NAMES.get(stored, str(stored)), parameters=delta.parameters,
+                residual_channels=tuple(c for _, c in zero) + ((int(middle.shape[0]),) if middle is not None else ()),
+                context_dim=delta.context_dim, hint_channels=delta.hint_channels,
+                extra={"rank": delta.rank, "needs_base_model": True})

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -265,24 +266,65 @@ def build_union(ldm_sd: Mapping[str, Tensor], source: str = "<state dict>") -> U
     return net
 
 
+@dataclass(frozen=True)
+class UnionChecked:
+    """A union file read, renamed to our names and checked strictly against the net its keys describe."""
+
+    source: str
+    format: str
+    state_dict: dict[str, Tensor]
+    config: ControlNetConfig
+    num_types: int
+    layers: int
+    storage_dtype: torch.dtype
+
+
+def check_union(sd: Mapping[str, Tensor], source: str = "<state dict>") -> UnionChecked:
+    """The formats table's check for kind "union": names, config, strict key/shape check on the meta device."""
+    from .formats import storage_dtype
+
+    if not is_union(sd):
+        raise CheckpointError(f"{source}: not a ControlNet-Union file (no {' / '.join(UNION_MARKERS)}).")
+    ldm_sd = union_to_ldm(sd)
+    build_union(ldm_sd, source)  # strict check
+    config, num_types, layers = union_config(ldm_sd, source)
+    layout = "diffusers" if "controlnet_cond_embedding.conv_in.weight" in sd else "ldm"
+    return UnionChecked(source, layout, ldm_sd, config, num_types, layers, storage_dtype(ldm_sd, source))
+
+
+def build_union_net(ck: UnionChecked, *, dtype: torch.dtype | None = None, device=None,
+                    borrowed: bool = False) -> UnionControlNet:
+    """UnionControlNet in eval mode whose parameters are the checked tensors (cast to dtype, None = storage)."""
+    target = dtype or ck.storage_dtype
+    weights = {k: v.to(device=device, dtype=target if v.is_floating_point() else None, copy=borrowed)
+               for k, v in ck.state_dict.items()}
+    with torch.device("meta"):
+        net = UnionControlNet(ck.config, ck.num_types, ck.layers)
+    net.load_state_dict(weights, strict=True, assign=True)
+    net.source, net.source_format, net.storage_dtype = ck.source, ck.format, ck.storage_dtype
+    log.debug("loaded %s: %s union ControlNet, %d types", ck.source, ck.config.family, ck.num_types)
+    return net.eval()
+
+
+def union_info(ck: UnionChecked) -> dict:
+    """inspect's fields for a union file (the types it has in `extra`)."""
+    from .formats import DTYPE_NAMES
+
+    return dict(format=ck.format, family=ck.config.family, variant=ck.config.variant,
+                dtype=DTYPE_NAMES.get(ck.storage_dtype, str(ck.storage_dtype)),
+                parameters=sum(v.numel() for v in ck.state_dict.values()),
+                residual_channels=tuple(ck.config.residual_channels), context_dim=ck.config.context_dim,
+                hint_channels=ck.config.hint_channels,
+                extra={"union_types": [k for k, v in UNION_TYPES.items() if v < ck.num_types]})
+
+
 def load_union(path_or_state_dict, *, dtype: torch.dtype | None = None,
                device: torch.device | str | None = None) -> UnionControlNet:
     """A union file (or state dict) -> UnionControlNet in eval mode, strictly; dtype None keeps the storage dtype."""
-    from .formats import read_state_dict, storage_dtype, unwrap
+    from .formats import read_state_dict, unwrap
 
     if isinstance(path_or_state_dict, Mapping):
         source, sd, borrowed = "<state dict>", unwrap(path_or_state_dict), True
     else:
         source, sd, borrowed = str(path_or_state_dict), read_state_dict(path_or_state_dict), False
-    if not is_union(sd):
-        raise CheckpointError(f"{source}: not a ControlNet-Union file (no {' / '.join(UNION_MARKERS)}).")
-    ldm_sd = union_to_ldm(sd)
-    net = build_union(ldm_sd, source)
-    stored = storage_dtype(ldm_sd, source)
-    target = dtype or stored
-    weights = {k: v.to(device=device, dtype=target if v.is_floating_point() else None, copy=borrowed)
-               for k, v in ldm_sd.items()}
-    net.load_state_dict(weights, strict=True, assign=True)
-    net.source, net.source_format, net.storage_dtype = source, "diffusers", stored
-    log.debug("loaded %s: %s union ControlNet, %d types", source, net.config.family, net.num_types)
-    return net.eval()
+    return build_union_net(check_union(sd, source), dtype=dtype, device=device, borrowed=borrowed)

@@ -145,6 +145,18 @@ KINDS_BY_NAME = {kind.name: kind for kind in KINDS}
 KIND_LOADERS: dict[str, KindLoader] = {
     "controlnet": KindLoader(_controlnet_check, _controlnet.build, _controlnet_info),
 }
+
+def _register_union_and_base_kinds() -> None:
+    """union (controlnet_core/union.py), control_lora and diff_controlnet (controlnet_core/control_lora.py)."""
+    from ..control_lora import base_delta_info, build_base_delta, check_base_delta
+    from ..union import build_union_net, check_union, union_info
+
+    KIND_LOADERS["union"] = KindLoader(check_union, build_union_net, union_info)
+    for name in ("control_lora", "diff_controlnet"):
+        KIND_LOADERS[name] = KindLoader(check_base_delta, build_base_delta, base_delta_info)
+
+
+_register_union_and_base_kinds()
 # Kinds whose layouts are not the U-Net ControlNet ones: kind -> (sd -> layout name).
 KIND_LAYOUTS: dict[str, Callable[[Mapping[str, Any]], str]] = {}
 

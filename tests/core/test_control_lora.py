@@ -111,3 +111,17 @@ def test_incomplete_file_names_the_keys():
     del lora["zero_convs.0.0.weight"]
     with pytest.raises(CheckpointError, match="zero_convs.0.0.weight"):
         merge_into_base(load_base_delta(lora), base)
+
+
+def test_formats_table_inspects_control_lora_and_diff(tmp_path):
+    from safetensors.torch import save_file
+
+    from controlnet_core.formats import inspect_checkpoint, load_controlnet
+
+    lora, _, _ = control_lora_file()
+    path = tmp_path / "control_lora.safetensors"
+    save_file(lora, str(path))
+    info = inspect_checkpoint(path).as_dict()
+    assert (info["kind"], info["family"], info["rank"], info["residuals"]) == ("control_lora", "sd1", RANK, 7)
+    with pytest.raises(CheckpointError, match="base U-Net"):
+        load_controlnet(path)

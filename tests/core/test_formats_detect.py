@@ -157,8 +157,10 @@ def test_unknown_file_lists_what_we_read_and_refuse():
 
 
 def test_pending_kinds_are_inspected_and_refused_at_load_with_a_clear_error(tmp_path, tiny15):
+    from tests.core.test_union import union_extras as real_union_extras  # real shapes: the union loader checks them
+
     path = tmp_path / "union.safetensors"
-    save_file({**to_diffusers_layout(tiny15), **union_extras()}, str(path))
+    save_file({**to_diffusers_layout(tiny15), **real_union_extras(8, 32)}, str(path))
     info = inspect_checkpoint(path).as_dict()
     assert (info["kind"], info["format"]) == ("union", "diffusers")
     assert json.loads(json.dumps(info))["kind"] == "union"

@@ -182,3 +182,18 @@ def test_inpaint_black_masked_is_the_repaint_hint():
     black = run("inpaint", image, mask=mask, black_masked=True)
     assert torch.all(black[:, :8] == 0.0) and torch.equal(black[:, 8:], image[:, 8:])
     assert torch.all(run("inpaint", image, mask=mask)[:, :8] == -1.0)
+
+
+def test_formats_table_loads_and_inspects_union(tmp_path):
+    """The one detection table routes a union file to this loader; inspect reports kind and types."""
+    from safetensors.torch import save_file
+
+    from controlnet_core.formats import inspect_checkpoint, load_controlnet
+
+    path = tmp_path / "union_promax.safetensors"
+    save_file(union_file(8), str(path))
+    info = inspect_checkpoint(path).as_dict()
+    assert (info["kind"], info["format"], info["family"]) == ("union", "diffusers", "sdxl")
+    assert info["union_types"][-1] == "repaint" and info["residuals"] == 10
+    net = load_controlnet(path)
+    assert isinstance(net, UnionControlNet) and net.kind == "union" and net.num_types == 8
