@@ -178,23 +178,24 @@ def _key_names(path: str) -> set[str] | None:
 
 
 def load_control_file(path: str):
-    """(kind, network or BaseDelta) of a control file: union, Control-LoRA, diff-ControlNet, else ControlNet."""
-    from ...controlnet_core.control_lora import is_control_lora, is_diff_controlnet, read_base_delta
+    """(kind, network or BaseDelta) of a control file, its kind from the core's one detection table (key names
+    only; safetensors headers are read without the tensors): Control-LoRA and diff-ControlNet stay unmerged until
+    sampling, every other kind is loaded by the core's loader (which names refused kinds and broken files)."""
+    from ...controlnet_core.control_lora import read_base_delta
+    from ...controlnet_core.errors import CheckpointError
     from ...controlnet_core.formats import read_state_dict
-    from ...controlnet_core.union import is_union, load_union
+    from ...controlnet_core.formats.detect import detect
 
     keys = _key_names(path)
-    sd = None
-    if keys is None:
-        sd = read_state_dict(path)
-        keys = sd
-    names = dict.fromkeys(keys)
-    offload = comfy.model_management.unet_offload_device()
-    if is_control_lora(names) or is_diff_controlnet(names):
-        return "base_delta", read_base_delta(sd if sd is not None else read_state_dict(path), path)
-    if is_union(names):
-        return "union", load_union(path, device=offload)
-    return "controlnet", core_load_controlnet(path, device=offload)
+    sd = read_state_dict(path) if keys is None else None
+    try:
+        kind = detect(dict.fromkeys(keys if keys is not None else sd), path).name
+    except CheckpointError:
+        kind = None  # the loader below raises the error, with the file named
+    if kind in ("control_lora", "diff_controlnet"):
+        return kind, read_base_delta(sd if sd is not None else read_state_dict(path), path)
+    net = core_load_controlnet(path, device=comfy.model_management.unet_offload_device())  # .pth: read twice
+    return getattr(net, "kind", "controlnet"), net
 
 
 def load_controlnet(name: str) -> "CoreControlNet":
@@ -202,7 +203,7 @@ def load_controlnet(name: str) -> "CoreControlNet":
     (Control-LoRA / diff-ControlNet: merged with the sampled model's U-Net at its first sampling)."""
     path = controlnet_path(name)
     kind, net = load_control_file(path)
-    if kind == "base_delta":
+    if kind in ("control_lora", "diff_controlnet"):
         log.info("loaded %s: %s %s, rank %s; built from the sampled model's U-Net at pre_run", name, net.family,
                  net.kind, net.rank)
         return BaseMergedControlNet(BaseMerge(net))
