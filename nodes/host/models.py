@@ -133,7 +133,8 @@ def load_controlnet(name: str) -> "CoreControlNet":
     path = controlnet_path(name)
     net = core_load_controlnet(path, device=comfy.model_management.unet_offload_device())
     patcher = hold(net, net.storage_dtype, net.config.family)
-    log.info("loaded %s: %s %s ControlNet (%s layout, stored %s)", name, net.config.family, net.config.variant,
+    what = {"t2i_adapter": "T2I-Adapter"}.get(getattr(net, "kind", "controlnet"), "ControlNet")
+    log.info("loaded %s: %s %s %s (%s layout, stored %s)", name, net.config.family, net.config.variant, what,
              net.source_format, net.storage_dtype)
     return CoreControlNet(patcher)
 
