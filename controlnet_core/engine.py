@@ -237,13 +237,21 @@ class Control:
     def guided_rows(self, rows: Sequence[int], batch: int, batched_number: int, h: int, w: int,
                     dtype: torch.dtype, device: torch.device) -> Tensor:
         """Hint features for the given latent rows: batch 1 stays 1 (the net broadcasts), else one row per row."""
-        g = self.guided_hint(h, w, dtype, device)  # (B_hint, mc, h, w)
+        g = self.guided_hint(h, w, dtype, device)  # (B_hint, mc, h, w), or a tuple of feature maps (T2I-Adapter)
+        if isinstance(g, tuple):
+            return tuple(self._rows_of(f, ("hint-rows", i), rows, batch, batched_number, device)
+                         for i, f in enumerate(g))
+        return self._rows_of(g, ("hint-rows", h, w, dtype), rows, batch, batched_number, device)
+
+    def _rows_of(self, g: Tensor, tag: tuple, rows: Sequence[int], batch: int, batched_number: int,
+                 device: torch.device) -> Tensor:
+        """Rows of one cached hint tensor for the latent rows: batch 1 stays 1, else one row per latent row."""
         if g.shape[0] == 1:
             return g
         src = image_rows(rows, batch, batched_number, g.shape[0])
         if src == list(range(g.shape[0])):
             return g
-        key = ("hint-rows", tuple(src), h, w, dtype, device)
+        key = (*tag, tuple(src), device)
         return self._cached(key, lambda: g.index_select(0, torch.tensor(src, device=device)), g)  # (R, mc, h, w)
 
     def union_rows(self, rows: Sequence[int], batch: int, batched_number: int, h: int, w: int, dtype: torch.dtype,
@@ -337,19 +345,38 @@ def _add_residuals(out: dict | None, fresh: dict, scales: Sequence[float], contr
                    index: Tensor | None, owned: bool) -> dict:
     """Fold one control's residuals into `out` ({"output", "middle"}), creating it (or its entries) as needed."""
     out = out if out is not None else {}
-    n_out = len(fresh["output"])
-    for key, offset in (("output", 0), ("middle", n_out)):
+    levels = residual_levels(control.net, fresh)
+    for key in fresh:
         dst = out.setdefault(key, [])
+        while len(dst) < len(fresh[key]):  # the host pops `input` from the end: keep every position
+            dst.append(None)
         for i, r in enumerate(fresh[key]):
-            while len(dst) <= i:
-                dst.append(None)
+            if r is None:
+                continue
             if dst[i] is not None and dst[i].shape[1:] != r.shape[1:]:
                 raise ControlNetError(f"residual {key}[{i}] has shape {tuple(r.shape)} but the control it is summed "
                                       f"with has {tuple(dst[i].shape)}: chain only ControlNets of the same family.")
             weight = control.row_weights(rows, uncond, uncond_scale, batch, batched_number, tuple(r.shape[-2:]),
                                          r.dtype, r.device)
-            dst[i] = _accumulate(dst[i], r, scales[offset + i], weight, rows, batch, index, owned)
+            dst[i] = _accumulate(dst[i], r, scales[levels[key, i]], weight, rows, batch, index, owned)
     return out
+
+
+def residual_levels(net: torch.nn.Module, fresh: dict) -> dict[tuple[str, int], int]:
+    """(key, position) -> index into the block scales: the net's own map (T2I-Adapter), else `output` shallow ->
+    deep, then `middle` (ControlNets)."""
+    levels = getattr(net, "residual_levels", None)
+    if levels is not None:
+        return levels
+    n_out = len(fresh.get("output", ()))
+    return {**{("output", i): i for i in range(n_out)},
+            **{("middle", i): n_out + i for i in range(len(fresh.get("middle", ())))}}
+
+
+def block_scales(net: torch.nn.Module, weights: ControlWeights) -> tuple[float, ...]:
+    """Per-level weights: the net's own convention when it has one (T2I-Adapter's 4 levels), else per residual."""
+    own = getattr(net, "block_scales", None)
+    return own(weights) if own is not None else weights.block_scales(len(net.config.residual_channels))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -394,9 +421,9 @@ class ResidualEngine:
         rows = [r for r in range(batch) if u != 0.0 or not uncond[r]]  # uncond weight 0: cond rows only
         if not rows:
             return out
-        strength = control.strength if len(group) == 1 else 1.0
+        strength = control.strength if len(group) == 1 else 1.0  # a union group scales its conditions instead
         gain = strength * control.weights.schedule(percent)
-        scales = [gain * b for b in control.weights.block_scales(len(control.net.config.residual_channels))]
+        scales = [gain * b for b in block_scales(control.net, control.weights)]
         if not any(scales):
             return out
         device = x.device
@@ -432,7 +459,7 @@ class ResidualEngine:
         if control.reuse_steps > 1:
             control.remember(reuse_key, fresh)
             return fresh, False
-        return fresh, True
+        return fresh, not getattr(net, "returns_cached", False)  # T2I features are the cache itself
 
 
     @staticmethod

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import CheckpointError
 from . import controlnet as _controlnet
+from . import t2i_adapter as _t2i_adapter
 from .controlnet import (
     LAYOUTS,
     PREFIX,
@@ -144,6 +145,7 @@ def _controlnet_info(ck: Checked) -> dict[str, Any]:
 KINDS_BY_NAME = {kind.name: kind for kind in KINDS}
 KIND_LOADERS: dict[str, KindLoader] = {
     "controlnet": KindLoader(_controlnet_check, _controlnet.build, _controlnet_info),
+    "t2i_adapter": KindLoader(_t2i_adapter.check, _t2i_adapter.build, _t2i_adapter.info),
 }
 
 def _register_union_and_base_kinds() -> None:
@@ -158,7 +160,7 @@ def _register_union_and_base_kinds() -> None:
 
 _register_union_and_base_kinds()
 # Kinds whose layouts are not the U-Net ControlNet ones: kind -> (sd -> layout name).
-KIND_LAYOUTS: dict[str, Callable[[Mapping[str, Any]], str]] = {}
+KIND_LAYOUTS: dict[str, Callable[[Mapping[str, Any]], str]] = {"t2i_adapter": _t2i_adapter.layout}
 
 
 def _pending(kind: Kind, source: str) -> CheckpointError:

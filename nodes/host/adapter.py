@@ -20,6 +20,8 @@ import comfy.model_patcher
 
 from ...controlnet_core.engine import Control, ResidualEngine, check_family, is_union_net
 from ...controlnet_core.errors import ControlNetError, FamilyMismatchError
+from ...controlnet_core.t2i_adapter import T2IAdapterConfig
+from ...controlnet_core.t2i_adapter import check_family as check_t2i_family
 from ...controlnet_core.weights import ControlWeights
 
 log = logging.getLogger(__name__)
@@ -81,10 +83,15 @@ def check_model_family(net_config, model) -> None:
     """Compare the ControlNet with the model about to be sampled; FamilyMismatchError names both and the fix."""
     unet = getattr(model.model_config, "unet_config", {}) or {}
     if unet.get("context_dim") is None or unet.get("model_channels") is None:
-        raise FamilyMismatchError(f"This ControlNet is {net_config.family.upper()} (context {net_config.context_dim}) "
+        raise FamilyMismatchError(f"This ControlNet is {net_config.family.upper()} (context "
+                                  f"{getattr(net_config, 'context_dim', None)}) "
                                   f"but the model is {type(model.model_config).__name__}, not an SD1.x / SD2.x / SDXL "
                                   f"U-Net: use this ControlNet with an SD {net_config.family} checkpoint, or use a "
                                   "ControlNet made for this model with the host's Apply ControlNet.")
+    if isinstance(net_config, T2IAdapterConfig):
+        check_t2i_family(net_config, adm_in_channels=unet.get("adm_in_channels"),
+                         model_channels=unet["model_channels"])
+        return
     check_family(net_config, context_dim=unet["context_dim"], adm_in_channels=unet.get("adm_in_channels"),
                  model_channels=unet["model_channels"])
 

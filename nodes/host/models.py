@@ -208,7 +208,8 @@ def load_controlnet(name: str) -> "CoreControlNet":
                  net.kind, net.rank)
         return BaseMergedControlNet(BaseMerge(net))
     patcher = hold(net, net.storage_dtype, net.config.family)
-    log.info("loaded %s: %s %s ControlNet (%s layout, stored %s)", name, net.config.family, net.config.variant,
+    what = {"t2i_adapter": "T2I-Adapter"}.get(getattr(net, "kind", "controlnet"), "ControlNet")
+    log.info("loaded %s: %s %s %s (%s layout, stored %s)", name, net.config.family, net.config.variant, what,
              net.source_format, net.storage_dtype)
     return CoreControlNet(patcher)
 
