@@ -100,9 +100,10 @@ class CoreControlNet(comfy.controlnet.ControlBase):
     """A controlnet_core ControlNet behind the host's ControlBase hook; chains with native controls both ways."""
 
     def __init__(self, patcher: comfy.model_patcher.ModelPatcher, *, weights: ControlWeights | None = None,
-                 mask: torch.Tensor | None = None, resize_mode: str = "crop"):
+                 mask: torch.Tensor | None = None, resize_mode: str = "crop", global_average_pooling: bool = False):
         super().__init__()
         self.patcher = patcher
+        self.global_average_pooling = global_average_pooling
         self.weights = weights or ControlWeights()
         self.mask = mask
         self.resize_mode = resize_mode
@@ -118,7 +119,8 @@ class CoreControlNet(comfy.controlnet.ControlBase):
 
     # -- host lifecycle -------------------------------------------------------------------------------------------
     def copy(self) -> "CoreControlNet":
-        c = CoreControlNet(self.patcher, weights=self.weights, mask=self.mask, resize_mode=self.resize_mode)
+        c = CoreControlNet(self.patcher, weights=self.weights, mask=self.mask, resize_mode=self.resize_mode,
+                           global_average_pooling=self.global_average_pooling)
         self.copy_to(c)
         return c
 
@@ -190,7 +192,8 @@ class CoreControlNet(comfy.controlnet.ControlBase):
         if self._control is None or self._control_source is not hint or self._control.strength != self.strength:
             self._control_source = hint
             self._control = Control(net=self.net, hint=normal_tensor(hint), strength=float(self.strength),
-                                    weights=self.weights, mask=self.mask, resize_mode=self.resize_mode)
+                                    weights=self.weights, mask=self.mask, resize_mode=self.resize_mode,
+                                    global_average_pooling=self.global_average_pooling)
         return self._control
 
 

@@ -128,15 +128,21 @@ def hold(net: torch.nn.Module, stored: torch.dtype, family: str) -> comfy.model_
     return comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
 
 
-def load_controlnet(name: str) -> "CoreControlNet":
-    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads."""
+def load_controlnet(name: str, global_average_pooling: str = "auto") -> "CoreControlNet":
+    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads.
+    `global_average_pooling`: "auto" (the host's file-name rule), "on" or "off" (v1.1 shuffle)."""
+    from ...controlnet_core.formats import global_average_pooling as gap_for
+
+    gap = gap_for(global_average_pooling, name)
     path = controlnet_path(name)
     net = core_load_controlnet(path, device=comfy.model_management.unet_offload_device())
     patcher = hold(net, net.storage_dtype, net.config.family)
     what = {"t2i_adapter": "T2I-Adapter"}.get(getattr(net, "kind", "controlnet"), "ControlNet")
     log.info("loaded %s: %s %s %s (%s layout, stored %s)", name, net.config.family, net.config.variant, what,
              net.source_format, net.storage_dtype)
-    return CoreControlNet(patcher)
+    if gap:
+        log.info("%s: global average pooling on (conditional rows only)", name)
+    return CoreControlNet(patcher, global_average_pooling=gap)
 
 
 class PreprocessorModels:
