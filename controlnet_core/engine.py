@@ -176,6 +176,7 @@ class Control:
     mask: Tensor | None = None  # (B, H, W) or (H, W) in [0, 1]
     resize_mode: str = "crop"
     reuse_steps: int = 1
+    global_average_pooling: bool = False  # v1.1 shuffle: residuals pooled to (B, C, 1, 1), cond rows only (§7)
     union_type: int | None = None  # union nets: the type id (None = "auto": the host's zero type vector)
     _hints: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _tensors: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
@@ -362,6 +363,13 @@ def _add_residuals(out: dict | None, fresh: dict, scales: Sequence[float], contr
     return out
 
 
+def pooled(fresh: dict) -> dict:
+    """Global average pooling of every residual (ControlNet v1.1 shuffle, README "global_average_pooling"): the
+    spatial mean, broadcast back as a view (B, C, H, W) of (B, C, 1, 1), no repeat."""
+    return {key: [None if r is None else r.mean(dim=(2, 3), keepdim=True).expand_as(r) for r in rs]
+            for key, rs in fresh.items()}
+
+
 def residual_levels(net: torch.nn.Module, fresh: dict) -> dict[tuple[str, int], int]:
     """(key, position) -> index into the block scales: the net's own map (T2I-Adapter), else `output` shallow ->
     deep, then `middle` (ControlNets)."""
@@ -418,7 +426,8 @@ class ResidualEngine:
         control = group[0]
         batch = x.shape[0]
         u = control.weights.uncond_scale()
-        rows = [r for r in range(batch) if u != 0.0 or not uncond[r]]  # uncond weight 0: cond rows only
+        cond_only = u == 0.0 or control.global_average_pooling  # GAP nets are trained for the cond side only
+        rows = [r for r in range(batch) if not (cond_only and uncond[r])]
         if not rows:
             return out
         strength = control.strength if len(group) == 1 else 1.0  # a union group scales its conditions instead
@@ -456,6 +465,11 @@ class ResidualEngine:
         else:
             g = control.guided_rows(rows, batch, batched_number, h, w, dtype, x.device)
             fresh = net(xs, None, ts, cs, ys, guided_hint=g)  # {"output": [(R, C_i, H_i, W_i)], "middle": [...]}
+        if control.global_average_pooling:
+            fresh = pooled(fresh)
+            if control.reuse_steps > 1:
+                control.remember(reuse_key, fresh)
+            return fresh, False  # expanded views: never written in place
         if control.reuse_steps > 1:
             control.remember(reuse_key, fresh)
             return fresh, False

@@ -66,7 +66,16 @@ class T2IAdapterConfig:
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], source: str = "<state dict>") -> T2IAdapterConfig:
-        """TencentARC keys -> config (never from the file name)."""
+        """TencentARC keys -> config (never from the file name); CheckpointError naming a missing or bad key."""
+        try:
+            return cls._from_keys(sd, source)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise CheckpointError(f"{source}: T2I-Adapter key {exc} is missing or malformed (shapes "
+                                  f"{ {k: tuple(v.shape) for k, v in list(sd.items())[:3]} }); the file is "
+                                  "incomplete or not a T2I-Adapter") from exc
+
+    @classmethod
+    def _from_keys(cls, sd: Mapping[str, Tensor], source: str) -> T2IAdapterConfig:
         if "conv_in.weight" in sd:
             blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.block1\.weight$", k))})
             convs = sorted({int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.in_conv\.weight$", k))})

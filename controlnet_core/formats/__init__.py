@@ -15,6 +15,7 @@ loads them. See docs/formats.md.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -190,6 +191,20 @@ def load_controlnet(path_or_state_dict: PathLike | Mapping[str, Any], *, dtype: 
     return net
 
 
+GAP_OPTIONS = ("auto", "on", "off")
+GAP_SUFFIXES = ("_shuffle", "_shuffle_fp16")  # the host's rule (comfy/controlnet.py load_controlnet)
+
+
+def global_average_pooling(option: str, file_name: str) -> bool:
+    """Whether a ControlNet pools its residuals (v1.1 shuffle): "on" / "off", or "auto" = the host's rule, the
+    file stem ends in _shuffle or _shuffle_fp16 (the weights carry no signal, formats_beyond.md §7)."""
+    if option not in GAP_OPTIONS:
+        raise CheckpointError(f"global_average_pooling {option!r} is unknown: choose one of {list(GAP_OPTIONS)}")
+    if option != "auto":
+        return option == "on"
+    return os.path.splitext(str(file_name))[0].endswith(GAP_SUFFIXES)
+
+
 # ------------------------------------------------------------------------------------------------ inspect
 
 @dataclass(frozen=True)
@@ -257,7 +272,7 @@ def convert_checkpoint(src: PathLike, out: PathLike, layout: str, *, dtype: torc
 
 __all__ = [
     "CheckpointInfo", "Checked", "DIFFUSERS_WEIGHT_NAMES", "DTYPES", "DTYPE_NAMES", "KINDS", "KIND_LAYOUTS",
-    "KIND_LOADERS", "KindLoader", "LAYOUTS", "Layout", "PREFIX", "RESNET_NAMES", "RUN_KINDS", "SD_BUFFERS",
+    "KIND_LOADERS", "KindLoader", "GAP_OPTIONS", "global_average_pooling", "LAYOUTS", "Layout", "PREFIX", "RESNET_NAMES", "RUN_KINDS", "SD_BUFFERS",
     "SD_PREFIXES", "build_config", "check_keys", "convert_checkpoint", "detect_format", "detect_kind",
     "diffusers_config", "diffusers_from_ldm", "expected_shapes", "from_ldm", "inspect_checkpoint",
     "ldm_from_diffusers", "ldm_from_ldm", "ldm_from_prefixed", "load_controlnet", "prefixed_from_ldm",

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
 from .controlnet import check_keys
 from .io import DTYPE_NAMES, StateDict, cast_each, storage_dtype
 
@@ -34,8 +35,12 @@ def check(sd: StateDict, source: str) -> CheckedAdapter:
     fmt = t2i.layout(sd)
     native = t2i.diffusers_to_tencentarc(sd) if fmt == "diffusers" else dict(sd)
     config = t2i.T2IAdapterConfig.from_state_dict(native, source)
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in t2i.T2IAdapter(config).state_dict().items()}
+    try:
+        with torch.device("meta"):
+            expected = {k: v.shape for k, v in t2i.T2IAdapter(config).state_dict().items()}
+    except (RuntimeError, ValueError, IndexError) as exc:  # widths the keys give cannot make a network
+        raise CheckpointError(f"{source}: T2I-Adapter widths {config.channels} / input {config.in_channels} "
+                              f"from its keys make no network ({exc}); the file is corrupt") from exc
     check_keys(expected, native, source, what="the T2I-Adapter")
     return CheckedAdapter(source, fmt, native, config, storage_dtype(native, source))
 

@@ -100,9 +100,11 @@ class CoreControlNet(comfy.controlnet.ControlBase):
     """A controlnet_core ControlNet behind the host's ControlBase hook; chains with native controls both ways."""
 
     def __init__(self, patcher: comfy.model_patcher.ModelPatcher, *, weights: ControlWeights | None = None,
-                 mask: torch.Tensor | None = None, resize_mode: str = "crop", union_type: int | None = None):
+                 mask: torch.Tensor | None = None, resize_mode: str = "crop", global_average_pooling: bool = False,
+                 union_type: int | None = None):
         super().__init__()
         self.patcher = patcher
+        self.global_average_pooling = global_average_pooling
         self.union_type = union_type  # union files: type id, None = auto (or the host's SetUnionControlNetType)
         self._led = False  # True while a later apply of the same union file runs this one's condition
         self.weights = weights or ControlWeights()
@@ -121,7 +123,7 @@ class CoreControlNet(comfy.controlnet.ControlBase):
     # -- host lifecycle -------------------------------------------------------------------------------------------
     def copy(self) -> "CoreControlNet":
         c = CoreControlNet(self.patcher, weights=self.weights, mask=self.mask, resize_mode=self.resize_mode,
-                           union_type=self.union_type)
+                           global_average_pooling=self.global_average_pooling, union_type=self.union_type)
         self.copy_to(c)
         return c
 
@@ -238,7 +240,7 @@ class CoreControlNet(comfy.controlnet.ControlBase):
             self._control_source = hint
             self._control = Control(net=self.net, hint=normal_tensor(hint), strength=float(self.strength),
                                     weights=self.weights, mask=self.mask, resize_mode=self.resize_mode,
-                                    union_type=union_type)
+                                    global_average_pooling=self.global_average_pooling, union_type=union_type)
         return self._control
 
 
@@ -256,7 +258,8 @@ class BaseMergedControlNet(CoreControlNet):
         return None if self.patcher is None else self.patcher.model
 
     def copy(self) -> "BaseMergedControlNet":
-        c = BaseMergedControlNet(self.merge, weights=self.weights, mask=self.mask, resize_mode=self.resize_mode)
+        c = BaseMergedControlNet(self.merge, weights=self.weights, mask=self.mask, resize_mode=self.resize_mode,
+                                 global_average_pooling=self.global_average_pooling)
         c.patcher = self.patcher
         self.copy_to(c)
         return c

@@ -198,20 +198,25 @@ def load_control_file(path: str):
     return getattr(net, "kind", "controlnet"), net
 
 
-def load_controlnet(name: str) -> "CoreControlNet":
-    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads
-    (Control-LoRA / diff-ControlNet: merged with the sampled model's U-Net at its first sampling)."""
+def load_controlnet(name: str, global_average_pooling: str = "auto") -> "CoreControlNet":
+    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads.
+    `global_average_pooling`: "auto" (the host's file-name rule), "on" or "off" (v1.1 shuffle)."""
+    from ...controlnet_core.formats import global_average_pooling as gap_for
+
+    gap = gap_for(global_average_pooling, name)
     path = controlnet_path(name)
     kind, net = load_control_file(path)
     if kind in ("control_lora", "diff_controlnet"):
         log.info("loaded %s: %s %s, rank %s; built from the sampled model's U-Net at pre_run", name, net.family,
                  net.kind, net.rank)
-        return BaseMergedControlNet(BaseMerge(net))
+        return BaseMergedControlNet(BaseMerge(net), global_average_pooling=gap)
     patcher = hold(net, net.storage_dtype, net.config.family)
     what = {"t2i_adapter": "T2I-Adapter"}.get(getattr(net, "kind", "controlnet"), "ControlNet")
     log.info("loaded %s: %s %s %s (%s layout, stored %s)", name, net.config.family, net.config.variant, what,
              net.source_format, net.storage_dtype)
-    return CoreControlNet(patcher)
+    if gap:
+        log.info("%s: global average pooling on (conditional rows only)", name)
+    return CoreControlNet(patcher, global_average_pooling=gap)
 
 
 class PreprocessorModels:
