@@ -54,6 +54,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.union_lora_bench
 
 clean:
 	rm -rf $(VENV) $(HOST_VENV) demo .pytest_cache

@@ -43,7 +43,26 @@ LABELS = {
     "k3": "k=3 Balanced",
     "k1-cond-only": "k=1 ControlNet is more important (cond-only)",
     "k1-reuse2": "k=1 reuse residuals every 2 steps (approx.)",
+    "t2i": "T2I-Adapter SD1.5 full (features once per run)",
 }
+T2I = "t2i"  # not a ControlNet configuration of sampling.CONFIGS: one SD1.5 full T2I-Adapter, random weights
+ALL_CONFIGS = [*CONFIGS, T2I]
+
+
+def sd15_t2i_adapter(device: torch.device, dtype: torch.dtype):
+    """SD1.5 full T2I-Adapter (TencentARC structure, 3-channel hint) with random weights."""
+    from controlnet_core.t2i_adapter import T2IAdapter, T2IAdapterConfig
+
+    from .sampling import build
+
+    return build(T2IAdapter, T2IAdapterConfig(), 200, device, dtype)
+
+
+def run_controls(config: str, nets, adapter, hints) -> list:
+    """The Controls of a configuration, fresh (empty caches): the T2I row or a sampling.CONFIGS row."""
+    from controlnet_core.engine import Control
+
+    return [Control(adapter, hints[0])] if config == T2I else controls_for(config, nets, hints)
 
 
 # --------------------------------------------------------------------------------------------------- timing
@@ -60,7 +79,8 @@ def time_configs(configs: list[str], repeats: int, device: torch.device, dtype: 
     of its first run}."""
     from controlnet_core.engine import ResidualEngine
 
-    n_nets = max(CONFIGS[c][0] for c in configs)
+    n_nets = max(CONFIGS[c][0] for c in configs if c in CONFIGS)
+    adapter = sd15_t2i_adapter(device, dtype) if T2I in configs else None
     log.info("building the SD1.5 U-Net and %d ControlNets (random fp16 weights -> %s on %s)", n_nets, dtype, device)
     unet = sd15_unet(device, dtype)
     nets = [sd15_controlnet(1 + i, device, dtype) for i in range(n_nets)]
@@ -70,7 +90,7 @@ def time_configs(configs: list[str], repeats: int, device: torch.device, dtype: 
     sample(unet, controls_for("k1", nets, data["hints"]) if nets else [], engine, data["noise"], data["cond"],
            data["uncond"], steps=1)  # warm-up: allocator and kernel selection
     for config in schedule(configs, repeats):
-        controls = controls_for(config, nets, data["hints"])  # fresh: the hint is encoded once in this run
+        controls = run_controls(config, nets, adapter, data["hints"])  # fresh: the hint is encoded once per run
         sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         x = sample(unet, controls, engine, data["noise"], data["cond"], data["uncond"])
@@ -89,10 +109,12 @@ def flop_counts() -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from controlnet_core.controlnet import ControlNet, ControlNetConfig
+    from controlnet_core.t2i_adapter import T2IAdapter, T2IAdapterConfig
     from controlnet_core.unet import ControlledUNet, UNetConfig
 
     with torch.device("meta"):
         unet, net = ControlledUNet(UNetConfig()), ControlNet(ControlNetConfig())
+        adapter = T2IAdapter(T2IAdapterConfig())
         x2, x1 = torch.empty(2, 4, LATENT, LATENT), torch.empty(1, 4, LATENT, LATENT)
         t2, t1 = torch.empty(2), torch.empty(1)
         c2, c1 = torch.empty(2, 77, 768), torch.empty(1, 77, 768)
@@ -109,6 +131,8 @@ def flop_counts() -> dict[str, float]:
         "hint_batch2": count(lambda: net.encode_hint(h2)),
         "hint_batch1": count(lambda: net.encode_hint(h1)),
         "cn_batch1": count(lambda: net(x1, h1, t1, c1)),
+        "t2i_batch1": count(lambda: adapter.encode_hint(h1)),  # once per run (ours)
+        "t2i_batch2": count(lambda: adapter.encode_hint(h2)),  # once per run on the cond/uncond hint (host)
     }
 
 
@@ -123,6 +147,7 @@ def ideal_ratios(g: dict[str, float], steps: int = STEPS) -> dict[str, dict[str,
         out[f"k{k}"] = {"host": (u + k * g["cn_batch2"]) / u, "ours": (u + k * (body2 + once)) / u}
     out["k1-cond-only"] = {"host": (u + g["cn_batch2"]) / u, "ours": (u + body1 + once) / u}
     out["k1-reuse2"] = {"host": (u + g["cn_batch2"]) / u, "ours": (u + body2 / 2 + once) / u}
+    out[T2I] = {"host": (u + g["t2i_batch2"] / steps) / u, "ours": (u + g["t2i_batch1"] / steps) / u}
     return out
 
 
@@ -143,11 +168,12 @@ def peak_child(config: str, device: torch.device, dtype: torch.dtype) -> dict:
 
     from controlnet_core.engine import ResidualEngine
 
-    k = CONFIGS[config][0]
+    k = CONFIGS[config][0] if config in CONFIGS else 0
     unet = sd15_unet(device, dtype)
     nets = [sd15_controlnet(1 + i, device, dtype) for i in range(k)]
+    adapter = sd15_t2i_adapter(device, dtype) if config == T2I else None
     data = inputs(device, dtype)
-    controls = controls_for(config, nets, data["hints"])
+    controls = run_controls(config, nets, adapter, data["hints"])
     gc.collect()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -294,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="*", default=ALL_CONFIGS, choices=ALL_CONFIGS)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-host", action="store_true", help="ignore COMFYUI_PATH")
-    parser.add_argument("--peak", choices=list(CONFIGS), help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--peak", choices=ALL_CONFIGS, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     device = torch.device(args.device)

@@ -15,14 +15,14 @@ PREPROCESS_HELP = "make a hint image from a picture (canny, depth, ...); see `pr
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    """Print family, layout, variant, dtype, parameters and the residuals of a ControlNet file."""
+    """Print kind, family, layout, variant, dtype, parameters and the residuals of a control file."""
     from .formats import inspect_checkpoint
 
     info = inspect_checkpoint(args.file).as_dict()
     if args.json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return 0
-    rows = [("file", info["path"]), ("family", info["family"]), ("format", info["format"]),
+    rows = [("file", info["path"]), ("kind", info["kind"]), ("family", info["family"]), ("format", info["format"]),
             ("variant", info["variant"]), ("dtype", info["dtype"]), ("parameters", f"{info['parameters']:,}"),
             ("context_dim", info["context_dim"]), ("hint_channels", info["hint_channels"]),
             ("residuals", f"{info['residuals']}: " + " ".join(map(str, info["residual_channels"])))]
@@ -58,7 +58,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("inspect", help="family, layout, dtype, parameters and residual widths of a ControlNet file")
+    p = sub.add_parser("inspect", help="kind, family, layout, dtype, parameters and residual widths of a control file")
     p.add_argument("file", help=".safetensors / .pth / .ckpt / .bin / .pt, or a diffusers folder")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.set_defaults(func=_inspect)

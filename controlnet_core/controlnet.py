@@ -140,8 +140,9 @@ class ControlNet(nn.Module):
         return self.input_hint_block(hint.to(self.dtype))  # (B, mc, h, w)
 
     def forward(self, x: Tensor, hint: Tensor | None, timesteps: Tensor, context: Tensor, y: Tensor | None = None,
-                *, guided_hint: Tensor | None = None) -> dict[str, list[Tensor]]:
-        """Residuals {"output": one per input block, shallow->deep, "middle": [one]} (cldm.py `ControlNet.forward`)."""
+                *, guided_hint: Tensor | None = None, extra_emb: Tensor | None = None) -> dict[str, list[Tensor]]:
+        """Residuals {"output": one per input block, shallow->deep, "middle": [one]} (cldm.py `ControlNet.forward`).
+        `extra_emb` (1|B, 4mc) is added to the time embedding before the label embedding (union type embedding)."""
         if guided_hint is None:
             if hint is None:
                 raise ControlNetError("ControlNet.forward got neither hint nor guided_hint; pass the hint image "
@@ -152,6 +153,8 @@ class ControlNet(nn.Module):
                                   "hint batch must be 1 or the latent batch and the hint 8x the latent size; resize "
                                   "the hint image to 8x the latent.")
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))  # (B, 4mc)
+        if extra_emb is not None:
+            emb = emb + extra_emb.to(emb.dtype)  # (B, 4mc)
         if self.label_emb is not None:
             if y is None:
                 raise ControlNetError(f"this {self.config.family} ControlNet has label_emb (adm "

@@ -130,6 +130,30 @@ def prepare_for_device(net: torch.nn.Module, device: torch.device | str | None =
     return net
 
 
+def is_union_net(net: torch.nn.Module) -> bool:
+    """True for a ControlNet-Union (it has the type embedding and the fuser)."""
+    return hasattr(net, "fuse") and hasattr(net, "type_embedding")
+
+
+def union_groups(controls: Sequence[Control]) -> list[tuple[Control, ...]]:
+    """Controls in order, with typed controls of the same union net, window, weights, mask and resize mode (no
+    residual reuse) gathered into one group that runs as ONE forward (the reference's multi-condition pass); every
+    other control is a group of one. A group keeps the position of its first member."""
+    groups: list[list[Control]] = []
+    index: dict = {}
+    for c in controls:
+        if c.union_type is None or c.reuse_steps != 1 or not is_union_net(c.net):
+            groups.append([c])
+            continue
+        key = (id(c.net), c.start_percent, c.end_percent, c.weights, id(c.mask))
+        if key in index:
+            groups[index[key]].append(c)
+        else:
+            index[key] = len(groups)
+            groups.append([c])
+    return [tuple(g) for g in groups]
+
+
 def _net_dtype(net: torch.nn.Module) -> torch.dtype:
     """The dtype the net computes in (its first parameter's)."""
     return getattr(net, "dtype", None) or next(net.parameters()).dtype
@@ -152,6 +176,8 @@ class Control:
     mask: Tensor | None = None  # (B, H, W) or (H, W) in [0, 1]
     resize_mode: str = "crop"
     reuse_steps: int = 1
+    global_average_pooling: bool = False  # v1.1 shuffle: residuals pooled to (B, C, 1, 1), cond rows only (§7)
+    union_type: int | None = None  # union nets: the type id (None = "auto": the host's zero type vector)
     _hints: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _tensors: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _reuse: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
@@ -170,6 +196,12 @@ class Control:
         if not 0.0 <= self.start_percent <= self.end_percent <= 1.0:
             raise ControlNetError(f"start_percent {self.start_percent} / end_percent {self.end_percent} must satisfy "
                                   "0 <= start <= end <= 1.")
+        if self.union_type is not None and not is_union_net(self.net):
+            raise ControlNetError(f"union_type {self.union_type} was given for a {type(self.net).__name__}, which is "
+                                  "not a ControlNet-Union: leave union_type on auto for this file.")
+        if self.union_type is not None and not 0 <= self.union_type < self.net.num_types:
+            raise ControlNetError(f"union_type {self.union_type} is not in this union ControlNet: it has "
+                                  f"{self.net.num_types} types (tile = 6 and repaint = 7 need the ProMax file).")
         if self.mask is not None and self.mask.ndim not in (2, 3):
             raise ControlNetError(f"mask has shape {tuple(self.mask.shape)}; expected (H, W) or (B, H, W) in [0, 1].")
 
@@ -206,14 +238,31 @@ class Control:
     def guided_rows(self, rows: Sequence[int], batch: int, batched_number: int, h: int, w: int,
                     dtype: torch.dtype, device: torch.device) -> Tensor:
         """Hint features for the given latent rows: batch 1 stays 1 (the net broadcasts), else one row per row."""
-        g = self.guided_hint(h, w, dtype, device)  # (B_hint, mc, h, w)
+        g = self.guided_hint(h, w, dtype, device)  # (B_hint, mc, h, w), or a tuple of feature maps (T2I-Adapter)
+        if isinstance(g, tuple):
+            return tuple(self._rows_of(f, ("hint-rows", i), rows, batch, batched_number, device)
+                         for i, f in enumerate(g))
+        return self._rows_of(g, ("hint-rows", h, w, dtype), rows, batch, batched_number, device)
+
+    def _rows_of(self, g: Tensor, tag: tuple, rows: Sequence[int], batch: int, batched_number: int,
+                 device: torch.device) -> Tensor:
+        """Rows of one cached hint tensor for the latent rows: batch 1 stays 1, else one row per latent row."""
         if g.shape[0] == 1:
             return g
         src = image_rows(rows, batch, batched_number, g.shape[0])
         if src == list(range(g.shape[0])):
             return g
-        key = ("hint-rows", tuple(src), h, w, dtype, device)
+        key = (*tag, tuple(src), device)
         return self._cached(key, lambda: g.index_select(0, torch.tensor(src, device=device)), g)  # (R, mc, h, w)
+
+    def union_rows(self, rows: Sequence[int], batch: int, batched_number: int, h: int, w: int, dtype: torch.dtype,
+                   device: torch.device, scale: float | None) -> Tensor:
+        """This condition's share of a union net's fused hint for the rows, (R|1, mc, h, w): depends on the hint
+        rows only (never on x or t), so it is computed once per rows / size / scale and cached."""
+        g = self.guided_rows(rows, batch, batched_number, h, w, dtype, device)  # (R|1, mc, h, w)
+        key = ("union", tuple(rows) if g.shape[0] > 1 else None, batch, batched_number, h, w, dtype, device, scale,
+               self.union_type)
+        return self._cached(key, lambda: self.net.fuse(g, self.union_type, scale), g)
 
     def row_weights(self, rows: Sequence[int], uncond: Sequence[bool], uncond_scale: float, batch: int,
                     batched_number: int, size: tuple[int, int], dtype: torch.dtype,
@@ -297,19 +346,45 @@ def _add_residuals(out: dict | None, fresh: dict, scales: Sequence[float], contr
                    index: Tensor | None, owned: bool) -> dict:
     """Fold one control's residuals into `out` ({"output", "middle"}), creating it (or its entries) as needed."""
     out = out if out is not None else {}
-    n_out = len(fresh["output"])
-    for key, offset in (("output", 0), ("middle", n_out)):
+    levels = residual_levels(control.net, fresh)
+    for key in fresh:
         dst = out.setdefault(key, [])
+        while len(dst) < len(fresh[key]):  # the host pops `input` from the end: keep every position
+            dst.append(None)
         for i, r in enumerate(fresh[key]):
-            while len(dst) <= i:
-                dst.append(None)
+            if r is None:
+                continue
             if dst[i] is not None and dst[i].shape[1:] != r.shape[1:]:
                 raise ControlNetError(f"residual {key}[{i}] has shape {tuple(r.shape)} but the control it is summed "
                                       f"with has {tuple(dst[i].shape)}: chain only ControlNets of the same family.")
             weight = control.row_weights(rows, uncond, uncond_scale, batch, batched_number, tuple(r.shape[-2:]),
                                          r.dtype, r.device)
-            dst[i] = _accumulate(dst[i], r, scales[offset + i], weight, rows, batch, index, owned)
+            dst[i] = _accumulate(dst[i], r, scales[levels[key, i]], weight, rows, batch, index, owned)
     return out
+
+
+def pooled(fresh: dict) -> dict:
+    """Global average pooling of every residual (ControlNet v1.1 shuffle, README "global_average_pooling"): the
+    spatial mean, broadcast back as a view (B, C, H, W) of (B, C, 1, 1), no repeat."""
+    return {key: [None if r is None else r.mean(dim=(2, 3), keepdim=True).expand_as(r) for r in rs]
+            for key, rs in fresh.items()}
+
+
+def residual_levels(net: torch.nn.Module, fresh: dict) -> dict[tuple[str, int], int]:
+    """(key, position) -> index into the block scales: the net's own map (T2I-Adapter), else `output` shallow ->
+    deep, then `middle` (ControlNets)."""
+    levels = getattr(net, "residual_levels", None)
+    if levels is not None:
+        return levels
+    n_out = len(fresh.get("output", ()))
+    return {**{("output", i): i for i in range(n_out)},
+            **{("middle", i): n_out + i for i in range(len(fresh.get("middle", ())))}}
+
+
+def block_scales(net: torch.nn.Module, weights: ControlWeights) -> tuple[float, ...]:
+    """Per-level weights: the net's own convention when it has one (T2I-Adapter's 4 levels), else per residual."""
+    own = getattr(net, "block_scales", None)
+    return own(weights) if own is not None else weights.block_scales(len(net.config.residual_channels))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,34 +415,38 @@ class ResidualEngine:
         if batched_number < 1 or batch % batched_number:
             raise ControlNetError(f"batched_number {batched_number} does not divide the latent batch {batch}.")
         with torch.no_grad():
-            for control in controls:
-                if control.active(percent):
-                    out = self._run(control, out, x, timesteps, context, y, uncond, percent, batched_number)
+            for group in union_groups([c for c in controls if c.active(percent)]):
+                out = self._run(group, out, x, timesteps, context, y, uncond, percent, batched_number)
         return out
 
-    def _run(self, control: Control, out: dict | None, x: Tensor, timesteps: Tensor, context: Tensor,
+    def _run(self, group: tuple[Control, ...], out: dict | None, x: Tensor, timesteps: Tensor, context: Tensor,
              y: Tensor | None, uncond: list[bool], percent: float, batched_number: int) -> dict | None:
-        """One control: pick its rows, get (cached or fresh) residuals, fold its scales into `out`."""
+        """One control (or one union group): pick its rows, get (cached or fresh) residuals, fold its scales into
+        `out`. A union group's strengths scale its conditions, not its residuals (diffusers' multi rule)."""
+        control = group[0]
         batch = x.shape[0]
         u = control.weights.uncond_scale()
-        rows = [r for r in range(batch) if u != 0.0 or not uncond[r]]  # uncond weight 0: cond rows only
+        cond_only = u == 0.0 or control.global_average_pooling  # GAP nets are trained for the cond side only
+        rows = [r for r in range(batch) if not (cond_only and uncond[r])]
         if not rows:
             return out
-        gain = control.strength * control.weights.schedule(percent)
-        scales = [gain * b for b in control.weights.block_scales(len(control.net.config.residual_channels))]
+        strength = control.strength if len(group) == 1 else 1.0  # a union group scales its conditions instead
+        gain = strength * control.weights.schedule(percent)
+        scales = [gain * b for b in block_scales(control.net, control.weights)]
         if not any(scales):
             return out
         device = x.device
         index = None if _contiguous(rows) is not None or len(rows) == batch else control._cached(
             ("rows", tuple(rows), device), lambda: torch.tensor(rows, device=device))
-        fresh, owned = self._residuals(control, x, timesteps, context, y, rows, batch, batched_number, index,
+        fresh, owned = self._residuals(group, x, timesteps, context, y, rows, batch, batched_number, index,
                                        percent)
         return _add_residuals(out, fresh, scales, control, rows, uncond, u, batch, batched_number, index, owned)
 
-    def _residuals(self, control: Control, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None,
-                   rows: list[int], batch: int, batched_number: int, index: Tensor | None,
+    def _residuals(self, group: tuple[Control, ...], x: Tensor, timesteps: Tensor, context: Tensor,
+                   y: Tensor | None, rows: list[int], batch: int, batched_number: int, index: Tensor | None,
                    percent: float) -> tuple[dict, bool]:
         """The net's residuals for `rows` (scale 1) and whether they may be overwritten (not kept for reuse)."""
+        control = group[0]
         reuse_key = (tuple(rows), batch, batched_number, tuple(x.shape[1:]), x.device)
         if control.reuse_steps > 1:
             kept = control.reusable(reuse_key, percent)
@@ -379,12 +458,43 @@ class ResidualEngine:
         ts = _take(timesteps, rows, batch, index).to(dtype)  # (R,)
         cs = _take(context, rows, batch, index).to(device=x.device, dtype=dtype)  # (R, T, ctx)
         ys = None if y is None else _take(y, rows, batch, index).to(dtype)  # (R, adm)
-        g = control.guided_rows(rows, batch, batched_number, x.shape[-2], x.shape[-1], dtype, x.device)
-        fresh = net(xs, None, ts, cs, ys, guided_hint=g)  # {"output": [(R, C_i, H_i, W_i)], "middle": [...]}
+        h, w = x.shape[-2], x.shape[-1]
+        if is_union_net(net):
+            g, extra = self._union_inputs(group, rows, batch, batched_number, h, w, dtype, x.device)
+            fresh = net(xs, None, ts, cs, ys, guided_hint=g, extra_emb=extra)
+        else:
+            g = control.guided_rows(rows, batch, batched_number, h, w, dtype, x.device)
+            fresh = net(xs, None, ts, cs, ys, guided_hint=g)  # {"output": [(R, C_i, H_i, W_i)], "middle": [...]}
+        if control.global_average_pooling:
+            fresh = pooled(fresh)
+            if control.reuse_steps > 1:
+                control.remember(reuse_key, fresh)
+            return fresh, False  # expanded views: never written in place
         if control.reuse_steps > 1:
             control.remember(reuse_key, fresh)
             return fresh, False
-        return fresh, True
+        return fresh, not getattr(net, "returns_cached", False)  # T2I features are the cache itself
+
+
+    @staticmethod
+    def _union_inputs(group: tuple[Control, ...], rows: list[int], batch: int, batched_number: int, h: int, w: int,
+                      dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(fused hint (R|1, mc, h, w), type embedding (1, 4mc)) of a union group: one condition per member; auto
+        (no type) takes the plain hint with the zero type vector, as the host does."""
+        control, net = group[0], group[0].net
+        if control.union_type is None:
+            g = control.guided_rows(rows, batch, batched_number, h, w, dtype, device)
+            types: tuple[int, ...] = ()
+        else:
+            multi = len(group) > 1
+            g = None
+            for c in group:
+                part = c.union_rows(rows, batch, batched_number, h, w, dtype, device, c.strength if multi else None)
+                g = part if g is None else g + part  # (R|1, mc, h, w)
+            types = tuple(sorted({c.union_type for c in group}))
+        extra = control._cached(("type-emb", types, dtype, device),
+                                lambda: net.type_embedding(types, device).to(dtype), net)
+        return g, extra
 
 
 def _family_name(context_dim: int, adm_in_channels: int | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..controlnet_core.errors import ControlNetError
+from ..controlnet_core.union import AUTO, UNION_TYPE_OPTIONS, UNION_TYPES
 from . import host
 from .inputs import RESIZE_MODES, effect_mask, hint_from_image
 from .strength import ControlStrengthType
@@ -46,6 +47,10 @@ class ApplyControlNet(io.ComfyNode):
                                tooltip="When the hint's aspect differs from the latent's: Crop and Resize (centre "
                                        "crop, the host's behaviour), Just Resize (stretch), Resize and Fill (fit "
                                        "inside, pad black)."),
+                io.Combo.Input("union_type", options=list(UNION_TYPE_OPTIONS), default=AUTO, optional=True,
+                               tooltip="ControlNet-Union / ProMax only: what the hint is (the host's Set Union "
+                                       "ControlNet Type names). Several applies of one union file with the same "
+                                       "window run in one pass. tile and repaint need ProMax; auto = no type."),
             ],
             outputs=[io.Conditioning.Output(display_name="positive",
                                             tooltip="Positive conditioning carrying the control (chained after "
@@ -58,7 +63,7 @@ class ApplyControlNet(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, control_net, image, strength: float, start_percent: float,
                 end_percent: float, mask=None, control_strength=None, vae=None,
-                resize_mode: str = "Crop and Resize") -> io.NodeOutput:
+                resize_mode: str = "Crop and Resize", union_type: str = AUTO) -> io.NodeOutput:
         if strength == 0:
             return io.NodeOutput(positive, negative)
         if resize_mode not in RESIZE_MODES:
@@ -66,11 +71,14 @@ class ApplyControlNet(io.ComfyNode):
         hint = hint_from_image(image)
         mask = effect_mask(mask)
         if host.is_core(control_net):
-            template = control_net.with_options(control_strength, mask, RESIZE_MODES[resize_mode])
+            template = control_net.with_options(control_strength, mask, RESIZE_MODES[resize_mode], union_type)
         elif mask is not None or control_strength is not None or resize_mode != "Crop and Resize":
             raise ControlNetError(f"mask, control_strength and resize_mode need a ControlNet loaded with Load "
                                   f"ControlNet (Core); this one ({type(control_net).__name__}) came from another "
                                   "loader. Load the same file with Load ControlNet (Core), or disconnect them.")
+        elif union_type != AUTO:  # a host union ControlNet: what the host's SetUnionControlNetType does
+            template = control_net.copy()
+            template.set_extra_arg("control_type", [UNION_TYPES[union_type]])
         else:
             template = control_net
         pos, neg = host.apply_to_conditioning(positive, negative, template, hint, strength,

@@ -195,7 +195,10 @@ PREPROCESSORS: dict[str, PreprocessorSpec] = {spec.name: spec for spec in (
     PreprocessorSpec("intensity", "color:intensity", "HSV value max(R, G, B) (recolor models).",
                      (_GAMMA, _STRETCH, _temporal("min/max of normalize")), frame_independent=False),
     PreprocessorSpec("inpaint", "color:inpaint", "Inpaint hint: masked pixels set to -1 (ControlNet inpaint).",
-                     (Option("mask", "mask", None, tooltip="1 = repaint, 0 = keep; resized to the image."),),
+                     (Option("mask", "mask", None, tooltip="1 = repaint, 0 = keep; resized to the image."),
+                      Option("black_masked", "bool", False,
+                             tooltip="Masked pixels black (0), as the union / ProMax repaint type was trained; "
+                                     "off: -1, as the ControlNet 1.1 inpaint model expects.")),
                      frame_independent=False),
     PreprocessorSpec("normal_from_depth", "depth:normal_from_depth",
                      "Surface normals from a depth map (near = white); no network.",

@@ -81,12 +81,13 @@ def _finish(gray: torch.Tensor, gamma: float, normalize: bool, temporal: bool) -
     return to_bhwc(gray ** gamma)
 
 
-def inpaint(image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Inpaint hint: image * (1 - m) - m, so fully masked pixels are -1 (the inpaint ControlNet's protocol)."""
+def inpaint(image: torch.Tensor, mask: torch.Tensor | None = None, black_masked: bool = False) -> torch.Tensor:
+    """Inpaint hint: image * (1 - m) - m, so fully masked pixels are -1 (the v1.1 inpaint ControlNet's protocol);
+    `black_masked`: image * (1 - m), masked pixels 0, as xinsir's union / ProMax repaint type was trained."""
     if mask is None:
         raise PreprocessError("inpaint needs a mask (1 = repaint, 0 = keep): connect a MASK to the mask input")
     m = prepare_mask(mask, image.shape[0], image.shape[1], image.shape[2]).to(image.device)  # (B, H, W, 1)
-    return image * (1.0 - m) - m
+    return image * (1.0 - m) if black_masked else image * (1.0 - m) - m
 
 
 def prepare_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:

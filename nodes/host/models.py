@@ -19,7 +19,8 @@ import folder_paths
 
 from ...controlnet_core.engine import prepare_for_device
 from ...controlnet_core.formats import load_controlnet as core_load_controlnet
-from .adapter import CoreControlNet
+from ...controlnet_core.formats import storage_dtype
+from .adapter import BaseMergedControlNet, CoreControlNet
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +129,94 @@ def hold(net: torch.nn.Module, stored: torch.dtype, family: str) -> comfy.model_
     return comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
 
 
-def load_controlnet(name: str) -> "CoreControlNet":
-    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads."""
+class BaseMerge:
+    """A Control-LoRA / diff-ControlNet file and its ControlNet merged with the last base-model state it was sampled
+    with: merged once per (diffusion model, applied weight patches), held in a ModelPatcher, never re-merged per
+    forward. A new base state replaces (frees) the previous merge."""
+
+    def __init__(self, delta):
+        self.delta = delta  # controlnet_core.control_lora.BaseDelta (the file's tensors, on the CPU)
+        self.key = None
+        self.patcher: comfy.model_patcher.ModelPatcher | None = None
+
+    @staticmethod
+    def base_key(model) -> tuple:
+        """Identity of the base weights: the diffusion model object and the weight patches applied to it (a LoRA or
+        another fine-tune gives another key)."""
+        return id(model.diffusion_model), getattr(model, "current_weight_patches_uuid", None)
+
+    def patcher_for(self, model) -> comfy.model_patcher.ModelPatcher:
+        """The merged ControlNet for the model about to be sampled, loaded by the host's model management."""
+        from ...controlnet_core.control_lora import merge_into_base
+
+        key = self.base_key(model)
+        if self.patcher is None or key != self.key:
+            self.patcher, self.key = None, None  # free the previous merge before building the next
+            family = "sdxl" if self.delta.adm_in_channels else "sd1"
+            stored = storage_dtype(self.delta.tensors, self.delta.source)
+            weight, _ = choose_dtypes(stored, family, comfy.model_management.get_torch_device())
+            net = merge_into_base(self.delta, model.diffusion_model.state_dict(), dtype=weight)  # sums in fp32
+            self.patcher, self.key = hold(net, weight, net.config.family), key
+            log.info("merged %s (%s) into the base U-Net once for this model state; held by the host's model "
+                     "management", self.delta.source, self.delta.kind)
+        comfy.model_management.load_models_gpu([self.patcher])  # pre_run comes after the sampler's own load
+        listed = any(m.model is self.patcher for m in comfy.model_management.current_loaded_models)
+        log.info("%s: merged ControlNet on %s, listed by the host's model management: %s", self.delta.source,
+                 next(self.patcher.model.parameters()).device, listed)
+        return self.patcher
+
+
+def _key_names(path: str) -> set[str] | None:
+    """The tensor names of a safetensors file without reading its tensors; None for other files."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return set(f.keys())
+    except Exception:  # noqa: BLE001 - not a safetensors file: the core reader decides (and names the problem)
+        return None
+
+
+def load_control_file(path: str):
+    """(kind, network or BaseDelta) of a control file, its kind from the core's one detection table (key names
+    only; safetensors headers are read without the tensors): Control-LoRA and diff-ControlNet stay unmerged until
+    sampling, every other kind is loaded by the core's loader (which names refused kinds and broken files)."""
+    from ...controlnet_core.control_lora import read_base_delta
+    from ...controlnet_core.errors import CheckpointError
+    from ...controlnet_core.formats import read_state_dict
+    from ...controlnet_core.formats.detect import detect
+
+    keys = _key_names(path)
+    sd = read_state_dict(path) if keys is None else None
+    try:
+        kind = detect(dict.fromkeys(keys if keys is not None else sd), path).name
+    except CheckpointError:
+        kind = None  # the loader below raises the error, with the file named
+    if kind in ("control_lora", "diff_controlnet"):
+        return kind, read_base_delta(sd if sd is not None else read_state_dict(path), path)
+    net = core_load_controlnet(path, device=comfy.model_management.unet_offload_device())  # .pth: read twice
+    return getattr(net, "kind", "controlnet"), net
+
+
+def load_controlnet(name: str, global_average_pooling: str = "auto") -> "CoreControlNet":
+    """A file of the `controlnet` folder -> adapter whose weights the host's ModelPatcher loads and offloads.
+    `global_average_pooling`: "auto" (the host's file-name rule), "on" or "off" (v1.1 shuffle)."""
+    from ...controlnet_core.formats import global_average_pooling as gap_for
+
+    gap = gap_for(global_average_pooling, name)
     path = controlnet_path(name)
-    net = core_load_controlnet(path, device=comfy.model_management.unet_offload_device())
+    kind, net = load_control_file(path)
+    if kind in ("control_lora", "diff_controlnet"):
+        log.info("loaded %s: %s %s, rank %s; built from the sampled model's U-Net at pre_run", name, net.family,
+                 net.kind, net.rank)
+        return BaseMergedControlNet(BaseMerge(net), global_average_pooling=gap)
     patcher = hold(net, net.storage_dtype, net.config.family)
-    log.info("loaded %s: %s %s ControlNet (%s layout, stored %s)", name, net.config.family, net.config.variant,
+    what = {"t2i_adapter": "T2I-Adapter"}.get(getattr(net, "kind", "controlnet"), "ControlNet")
+    log.info("loaded %s: %s %s %s (%s layout, stored %s)", name, net.config.family, net.config.variant, what,
              net.source_format, net.storage_dtype)
-    return CoreControlNet(patcher)
+    if gap:
+        log.info("%s: global average pooling on (conditional rows only)", name)
+    return CoreControlNet(patcher, global_average_pooling=gap)
 
 
 class PreprocessorModels:

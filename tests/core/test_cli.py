@@ -38,7 +38,7 @@ def expected(spec: str) -> dict:
     channels = [c for _, c in zero] + [shapes["middle_block_out.0.bias"][0]]
     return {"family": FAMILY[spec], "variant": "full", "parameters": sum(math.prod(s) for s in shapes.values()),
             "residuals": len(channels), "residual_channels": channels, "context_dim": SPECS[spec].context_dim,
-            "hint_channels": 3}
+            "hint_channels": 3, "kind": "controlnet"}
 
 
 def write_layout(sd: dict, layout: str, directory: Path) -> Path:

@@ -253,25 +253,19 @@ def test_many_missing_keys_are_counted_not_listed(tiny15):
 
 # ------------------------------------------------------------------------------------------ detection
 
-FOREIGN = {
-    "control-lora": ({"lora_controlnet": torch.zeros(0), "input_blocks.0.0.weight": torch.zeros(1)}, "Control-LoRA"),
-    "difference": ({"difference": torch.tensor(1.0), "control_model.zero_convs.0.0.weight": torch.zeros(1)},
-                   "difference"),
-    "union": ({"task_embedding": torch.zeros(8, 320), "controlnet_cond_embedding.conv_in.weight": torch.zeros(1)},
-              "Union"),
+FOREIGN = {  # kinds the core does not run: refused in one line naming the host node (more in test_formats_detect.py)
     "flux": ({"controlnet_blocks.0.weight": torch.zeros(1)}, "Flux"),
-    "t2i-adapter": ({"adapter": {"conv_in.weight": torch.zeros(1), "body.0.block1.weight": torch.zeros(1)}},
-                    "T2I-Adapter"),
     "sd-checkpoint": ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, "Stable Diffusion"),
 }
 
 
 @pytest.mark.parametrize("kind", list(FOREIGN))
-def test_foreign_files_are_named_with_the_layouts_we_read(kind):
+def test_foreign_files_are_named_with_the_host_node_that_loads_them(kind):
     sd, what = FOREIGN[kind]
     with pytest.raises(CheckpointError) as info:
         detect_format(sd)
-    assert what in str(info.value) and "ldm-prefixed" in str(info.value) and "diffusers" in str(info.value)
+    assert what in str(info.value) and "load it with the host's" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_unknown_layout_lists_what_we_read_and_what_we_do_not():

@@ -20,6 +20,10 @@ CONTROLNETS = {  # name -> (tests.fixtures spec, seed, stored dtype)
     "control_v11p_sd15_lineart_fp16.safetensors": ("sd15", 8, torch.float16),
     "control_sd15_canny_fp8_e4m3fn.safetensors": ("sd15", 7, torch.float8_e4m3fn),
     "controlnet_sdxl_tiny_random.safetensors": ("tiny-sdxl", 9, torch.float16),
+    # union / Control-LoRA / diff-ControlNet (tests/host/union_lora_files.py makers)
+    "controlnet_union_sd15_random.safetensors": ("union-sd15", 10, torch.float16),
+    "control_lora_rank16_sd15_random.safetensors": ("control-lora-sd15", 11, torch.float16),
+    "diff_control_sd15_random_fp16.safetensors": ("diff-sd15", 12, torch.float16),
 }
 HINT_IMAGE = "controlnet_core_example.png"
 HINT_SIZE = 64  # 8x8 latents: SD1.5 at full width stays affordable on two CPU cores
@@ -61,8 +65,12 @@ def ensure_model_files(comfyui: Path) -> dict[str, Path]:
     for name, (spec, seed, dtype) in CONTROLNETS.items():
         path = cache / name
         if not path.exists():
-            weights = random_controlnet_state_dict(spec, seed=seed, dtype=torch.float16)
-            save_file({k: v.to(dtype) for k, v in weights.items()}, str(path))
+            from tests.host.union_lora_files import MAKERS
+
+            weights = MAKERS[spec](seed) if spec in MAKERS else random_controlnet_state_dict(spec, seed=seed,
+                                                                                        dtype=torch.float16)
+            save_file({k: v.to(dtype) if v.is_floating_point() and v.ndim else v for k, v in weights.items()},
+                      str(path))
         files[name] = path
     files[NOT_A_CONTROLNET] = cache / NOT_A_CONTROLNET
     save_file({"some.other.weight": torch.ones(4, 4)}, str(files[NOT_A_CONTROLNET]))

@@ -1,4 +1,4 @@
-"""ControlNet checkpoint layouts: safe reading, one detection table, one pure converter per layout, strict loading.
+"""Plain ControlNet layouts (kind "controlnet"): one pure converter per layout, strict loading, writing.
 
 Layouts follow `shared/research/reference_architecture.md` §2 (lllyasviel v1.0 / v1.1 files, diffusers
 `ControlNetModel`) and the detection order of the host's `comfy/controlnet.py::load_controlnet_state_dict`.
@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pickle
 import re
-import warnings
-import zipfile
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +17,12 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from .io import DIFFUSERS_WEIGHT_NAMES, PathLike, StateDict, _sample, cast_each, storage_dtype
 
 logger = logging.getLogger(__name__)
 
-StateDict = dict[str, torch.Tensor]
-PathLike = str | os.PathLike
-
 PREFIX = "control_model."
-DIFFUSERS_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors")
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
-DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
-
 # The locked Stable Diffusion that a v1.0 `control_sd15_*.pth` carries next to `control_model.*` (§2a).
 SD_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "model_ema.")
 SD_BUFFERS = frozenset((
@@ -44,107 +33,6 @@ SD_BUFFERS = frozenset((
 # ldm ResBlock sub-layer <-> diffusers ResnetBlock2D sub-layer (§2c).
 RESNET_NAMES = (("in_layers.0.", "norm1."), ("in_layers.2.", "conv1."), ("emb_layers.1.", "time_emb_proj."),
                 ("out_layers.0.", "norm2."), ("out_layers.3.", "conv2."), ("skip_connection.", "conv_shortcut."))
-
-
-# ---------------------------------------------------------------------------------------------------- reading
-
-def read_state_dict(path: PathLike) -> StateDict:
-    """Read a checkpoint safely: safetensors, or torch.load(weights_only=True) for .pth/.ckpt/.bin/.pt; unwrapped."""
-    path = _weights_file(Path(path))
-    if _looks_like_safetensors(path):
-        raw = _read_safetensors(path)
-    else:
-        raw = _read_torch(path)
-    return unwrap(raw, source=str(path))
-
-
-def _weights_file(path: Path) -> Path:
-    """The file to read: `path` itself, or the diffusers weights inside a `save_pretrained` directory."""
-    if path.is_dir():
-        for name in DIFFUSERS_WEIGHT_NAMES:
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: directory has none of {', '.join(DIFFUSERS_WEIGHT_NAMES)}; "
-                              "pass the weights file itself")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file; check the path (ComfyUI: models/controlnet/)")
-    return path
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    """Sniff the content, not the name: 8-byte little-endian header length, then a JSON object."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
-
-
-def _read_safetensors(path: Path) -> dict[str, Any]:
-    """All tensors of a safetensors file on the CPU."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({_first_line(exc)}); the file is truncated "
-                              "or corrupt, download it again") from exc
-
-
-def _read_torch(path: Path) -> Any:
-    """torch.load with weights_only=True: a pickle that names any non-tensor global is refused, never executed."""
-    try:
-        with warnings.catch_warnings():  # e.g. "pickle protocol 4" notices: the error below says what matters
-            warnings.simplefilter("ignore")
-            if zipfile.is_zipfile(path) and path.suffix != ".safetensors":
-                # memory-mapped: a v1.0 file's locked SD, VAE and CLIP (4 GB) are never read into memory
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            with open(path, "rb") as f:  # a file object: torch.load would route a *.safetensors name elsewhere
-                return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: not a safetensors file, and torch.load(weights_only=True) refused it "
-            f"({_unpickler_reason(exc)}): it is corrupt, or a pickle that would run code (nothing in it was "
-            "executed); use a .safetensors file or re-save the weights from a trusted source") from exc
-    except Exception as exc:  # noqa: BLE001 - on garbage the unpickler raises IndexError, struct.error, ...
-        if isinstance(exc, MemoryError):
-            raise
-        raise CheckpointError(f"{path}: not a safetensors file and not a readable torch file "
-                              f"({_first_line(exc)}); the file is truncated or corrupt, download it again") from exc
-
-
-def _unpickler_reason(exc: BaseException) -> str:
-    """The specific line of torch's weights-only error (the global or opcode it refused), without its boilerplate."""
-    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return "; ".join(line for line in lines if not line.startswith(boiler)) or _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
-
-
-def unwrap(obj: Any, *, source: str = "<state dict>") -> StateDict:
-    """Strip `{"state_dict": ...}` and one-key dict wrappers (ldm, Lightning, ComfyUI); every value must be a tensor."""
-    for _ in range(4):
-        if not isinstance(obj, Mapping):
-            break
-        if isinstance(obj.get("state_dict"), Mapping):
-            obj = obj["state_dict"]
-        elif len(obj) == 1 and isinstance(next(iter(obj.values())), Mapping):
-            obj = next(iter(obj.values()))
-        else:
-            break
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict of tensors; "
-                              "pass a ControlNet weights file")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{source}: {len(bad)} entries are not named tensors ({_sample(bad)}); "
-                              "pass a ControlNet weights file, not a training checkpoint")
-    return dict(obj)
 
 
 # ------------------------------------------------------------------------------------------- key-map tables
@@ -267,56 +155,15 @@ LAYOUTS = (
            "ldm / v1.1 unprefixed (zero_convs.*, input_hint_block.*, input_blocks.*)"),
 )
 
-# Files that are not plain U-Net ControlNets, by a key only they have: named in the error instead of "unknown".
-FOREIGN_MARKERS = (
-    ("lora_controlnet", "a Stability Control-LoRA (needs the base model's weights; use the host's loader)"),
-    ("difference", "a 'difference' ControlNet (stores deltas from SD1.5; use the host's DiffControlNetLoader)"),
-    ("task_embedding", "a ControlNet-Union (task embeddings are not supported by this loader)"),
-    ("control_add_embedding.linear_1.bias", "a ControlNet-Union (task embeddings are not supported by this loader)"),
-    ("after_proj_list.18.bias", "a HunyuanDiT ControlNet (use the host's loader)"),
-    ("controlnet_blocks.0.weight", "a Flux / SD3 / Qwen (DiT) ControlNet (use the host's loader)"),
-    ("controlnet_blocks.0.linear.weight", "a Flux (MistoLine) ControlNet (use the host's loader)"),
-)
-FOREIGN_PREFIXES = (
-    ("adapter.", "a T2I-Adapter (use the host's ControlNetLoader, which reads adapters)"),
-    ("body.0.", "a T2I-Adapter (use the host's ControlNetLoader, which reads adapters)"),
-    ("model.diffusion_model.", "a Stable Diffusion checkpoint without a ControlNet in it"),
-    ("up_blocks.", "a diffusers UNet2DConditionModel, not a ControlNet"),
-)
 
 
-def _layout(sd: Mapping[str, Any]) -> Layout:
-    """The table row matching `sd`, or a CheckpointError naming what the file is and the layouts we read."""
-    for key, what in FOREIGN_MARKERS:
-        if key in sd:
-            raise CheckpointError(_foreign_message(what, key))
-    for layout in LAYOUTS:
-        if layout.signature in sd:
-            return layout
-    for prefix, what in FOREIGN_PREFIXES:
-        if any(k.startswith(prefix) for k in sd):
-            raise CheckpointError(_foreign_message(what, prefix + "*"))
-    raise CheckpointError(f"unknown checkpoint layout ({len(sd)} keys, e.g. {_sample(sorted(sd), 3)}); "
-                          f"{_known_layouts()}; T2I-Adapter, Control-LoRA and Flux/SD3 ControlNets are not read here")
+def layout_of(sd: Mapping[str, Any]) -> Layout | None:
+    """The LAYOUTS row whose signature key `sd` has (first wins), or None."""
+    return next((row for row in LAYOUTS if row.signature in sd), None)
 
 
-def _foreign_message(what: str, key: str) -> str:
-    return f"this is {what} (has {key!r}), not an SD1.x/SD2.x/SDXL ControlNet; {_known_layouts()}"
-
-
-def _known_layouts() -> str:
+def known_layouts() -> str:
     return "layouts read: " + "; ".join(f"{row.name} = {row.description}" for row in LAYOUTS)
-
-
-def detect_format(sd: Mapping[str, Any]) -> str:
-    """"ldm" | "ldm-prefixed" | "diffusers" for a (possibly wrapped) state dict; CheckpointError otherwise."""
-    return _layout(unwrap(sd)).name
-
-
-def to_ldm(sd: Mapping[str, Any]) -> StateDict:
-    """A new dict with ldm ControlNet names; the input is never mutated."""
-    sd = unwrap(sd)
-    return _layout(sd).to_ldm(sd)
 
 
 def from_ldm(sd: Mapping[str, torch.Tensor], layout: str) -> StateDict:
@@ -329,18 +176,8 @@ def from_ldm(sd: Mapping[str, torch.Tensor], layout: str) -> StateDict:
 
 # ------------------------------------------------------------------------------------------- strict loading
 
-def storage_dtype(sd: Mapping[str, torch.Tensor], source: str = "<state dict>") -> torch.dtype:
-    """The dtype holding most of the floating-point elements."""
-    counts = Counter()
-    for value in sd.values():
-        if value.is_floating_point():
-            counts[value.dtype] += value.numel()
-    if not counts:
-        raise CheckpointError(f"{source}: no floating-point tensors; pass a ControlNet weights file")
-    return counts.most_common(1)[0][0]
-
-
-def check_keys(expected: Mapping[str, torch.Size], sd: Mapping[str, torch.Tensor], source: str) -> None:
+def check_keys(expected: Mapping[str, torch.Size], sd: Mapping[str, torch.Tensor], source: str,
+               what: str = "the ControlNet") -> None:
     """Compare names and shapes before copying anything; raise CheckpointError naming the keys and the file."""
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -351,26 +188,20 @@ def check_keys(expected: Mapping[str, torch.Size], sd: Mapping[str, torch.Tensor
                 f"{len(wrong)} wrong shapes ({_sample(wrong)})" if wrong else ""]
     problems = [p for p in problems if p]
     if problems:
-        raise CheckpointError(f"{source}: does not match the ControlNet its own keys describe: "
+        raise CheckpointError(f"{source}: does not match {what} its own keys describe: "
                               f"{'; '.join(problems)}; the file is incomplete or mixes two models")
-
-
-def _sample(items, n: int = 5) -> str:
-    items = list(items)
-    more = f", ... (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(map(str, items[:n])) + more
 
 
 def build_config(ldm_sd: Mapping[str, torch.Tensor], source: str = "<state dict>"):
     """ControlNetConfig from ldm keys/shapes, with the file named in any error."""
-    from .controlnet import ControlNetConfig
+    from ..controlnet import ControlNetConfig
 
     return ControlNetConfig.from_state_dict(ldm_sd, source=source)
 
 
 def expected_shapes(config) -> dict[str, torch.Size]:
     """{key: shape} of ControlNet(config), built on the meta device (no memory)."""
-    from .controlnet import ControlNet
+    from ..controlnet import ControlNet
 
     with torch.device("meta"):
         net = ControlNet(config)
@@ -388,70 +219,19 @@ class Checked:
     storage_dtype: torch.dtype
 
 
-def read_checked(path_or_state_dict: PathLike | Mapping[str, Any]) -> Checked:
-    """read_state_dict / unwrap -> detect -> to ldm names -> config -> strict key and shape check (meta device)."""
-    if isinstance(path_or_state_dict, Mapping):
-        source, sd = "<state dict>", unwrap(path_or_state_dict)
-    else:
-        source, sd = str(path_or_state_dict), read_state_dict(path_or_state_dict)
-    try:
-        layout = _layout(sd)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{source}: {exc}") from exc
+def check(sd: Mapping[str, torch.Tensor], source: str, layout: Layout) -> Checked:
+    """Detected plain ControlNet -> ldm names -> config -> strict key and shape check (meta device)."""
     ldm_sd = layout.to_ldm(sd)
     config = build_config(ldm_sd, source)
     check_keys(expected_shapes(config), ldm_sd, source)
     return Checked(source, layout.name, ldm_sd, config, storage_dtype(ldm_sd, source))
 
 
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What `inspect` reports about a ControlNet file (validated strictly, weights never materialised)."""
+def build(ck: Checked, *, dtype: torch.dtype | None, device, borrowed: bool):
+    """ControlNet in eval mode whose parameters are the checked tensors (cast to `dtype`, None = storage dtype)."""
+    from ..controlnet import ControlNet
 
-    path: str
-    format: str
-    family: str
-    variant: str
-    dtype: str
-    parameters: int
-    residual_channels: tuple[int, ...]
-    context_dim: int
-    hint_channels: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "family": self.family, "format": self.format, "variant": self.variant,
-                "dtype": self.dtype, "parameters": self.parameters, "residuals": len(self.residual_channels),
-                "residual_channels": list(self.residual_channels), "context_dim": self.context_dim,
-                "hint_channels": self.hint_channels}
-
-
-def inspect_checkpoint(path: PathLike) -> CheckpointInfo:
-    """Family, layout, variant, storage dtype, parameter count and residual widths of a strictly checked file."""
-    ck = read_checked(path)
-    return CheckpointInfo(path=ck.source, format=ck.format, family=ck.config.family, variant=ck.config.variant,
-                          dtype=DTYPE_NAMES.get(ck.storage_dtype, str(ck.storage_dtype)),
-                          parameters=sum(v.numel() for v in ck.state_dict.values()),
-                          residual_channels=tuple(ck.config.residual_channels), context_dim=ck.config.context_dim,
-                          hint_channels=ck.config.hint_channels)
-
-
-def _cast_each(sd: StateDict, *, dtype: torch.dtype | None, device=None, copy: bool = False) -> StateDict:
-    """Cast floating tensors one at a time, in place in `sd` (our own dict), so two full copies never coexist."""
-    for key in list(sd):
-        value = sd.pop(key)
-        sd[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else None, copy=copy)
-    return sd
-
-
-def load_controlnet(path_or_state_dict: PathLike | Mapping[str, Any], *, dtype: torch.dtype | None = None,
-                    device: torch.device | str | None = None):
-    """Any supported layout -> ControlNet in eval mode, strictly; dtype None keeps the storage dtype.
-    The net carries `.source`, `.source_format` and `.storage_dtype`."""
-    from .controlnet import ControlNet
-
-    ck = read_checked(path_or_state_dict)
-    borrowed = isinstance(path_or_state_dict, Mapping)  # the caller's tensors: copy, never share them
-    weights = _cast_each(ck.state_dict, dtype=dtype or ck.storage_dtype, device=device, copy=borrowed)
+    weights = cast_each(ck.state_dict, dtype=dtype or ck.storage_dtype, device=device, copy=borrowed)
     with torch.device("meta"):  # no random init: the file's tensors become the parameters (assign=True)
         net = ControlNet(ck.config)
     net.load_state_dict(weights, strict=True, assign=True)
@@ -511,10 +291,3 @@ def save_controlnet(ldm_sd: Mapping[str, torch.Tensor], out: PathLike, layout: s
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata={"format": "pt"})
     return [out]
-
-
-def convert_checkpoint(src: PathLike, out: PathLike, layout: str, *, dtype: torch.dtype | None = None) -> list[Path]:
-    """Read any layout, check it strictly, cast floating tensors to `dtype`, write `layout` (see save_controlnet)."""
-    ck = read_checked(src)
-    weights = _cast_each(ck.state_dict, dtype=dtype) if dtype is not None else ck.state_dict
-    return save_controlnet(weights, out, layout, ck.config)
