@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
-PACK_NAME = "comfyui-controlnet-core"
+PACK_NAME = "controlnet-core"  # the folder ComfyUI-Manager would make (the project name)
 
 
 class HostError(RuntimeError):
