@@ -5,6 +5,9 @@
 # make demo      — runs the main job on its embedded default and writes demo/controlnet_demo.png;
 #                  with COMFYUI_PATH set it also queues workflows/api/*.json in the real host (demo/host/).
 # make bench     — side-by-side cost ratios (set COMFYUI_PATH to include the host's native ControlNet).
+# make test-browser — the real editor in Debian's Chromium (apt-get install chromium when missing; Playwright's
+#                  Python package drives it, no browser download) against the host's pinned frontend and the
+#                  newest comfyui-frontend-package wheel (unpacked into .browser/); screenshots in .browser/screenshots.
 PYTHON    ?= python3
 VENV      := .venv
 PY        := $(VENV)/bin/python
@@ -17,7 +20,7 @@ HOST_STAMP := $(HOST_VENV)/.installed
 TORCH     := torch==2.14.1 torchvision==0.29.1
 COMFYUI_PATH ?= $(if $(wildcard ../shared/comfyui/ComfyUI/main.py),../shared/comfyui/ComfyUI,)
 
-.PHONY: test test-fast test-host demo bench clean
+.PHONY: test test-fast test-host test-browser demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,14 +41,29 @@ $(HOST_STAMP): requirements.txt constraints.txt
 	touch $(HOST_STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --ignore=tests/host
+	$(PY) -m pytest -q --ignore=tests/host --ignore=tests/browser
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q --ignore=tests/host -m "not slow"
+	$(PY) -m pytest -q --ignore=tests/host --ignore=tests/browser -m "not slow"
 
 test-host: $(STAMP) $(HOST_STAMP)
 	COMFYUI_PATH="$(abspath $(COMFYUI_PATH))" COMFYUI_PYTHON="$(abspath $(HOST_PY))" CONTROLNET_CORE_REQUIRE_HOST=1 \
 		$(PY) -m pytest -q tests/host
+
+NEWEST_FRONTEND ?= 1.58.1
+FRONTEND_DIR := .browser/frontend-$(NEWEST_FRONTEND)
+
+$(FRONTEND_DIR)/comfyui_frontend_package/static/index.html:
+	mkdir -p $(FRONTEND_DIR)
+	$(PY) -m pip download -q --no-deps -d $(FRONTEND_DIR) comfyui-frontend-package==$(NEWEST_FRONTEND)
+	$(PY) -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" \
+		$(FRONTEND_DIR)/comfyui_frontend_package-$(NEWEST_FRONTEND)-py3-none-any.whl $(FRONTEND_DIR)
+
+test-browser: $(STAMP) $(HOST_STAMP) $(FRONTEND_DIR)/comfyui_frontend_package/static/index.html
+	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	COMFYUI_PATH="$(abspath $(COMFYUI_PATH))" COMFYUI_PYTHON="$(abspath $(HOST_PY))" CONTROLNET_CORE_REQUIRE_HOST=1 \
+		CONTROLNET_CORE_NEWEST_FRONTEND="$(abspath $(FRONTEND_DIR))/comfyui_frontend_package/static" \
+		$(PY) -m pytest -q tests/browser
 
 demo: $(STAMP)
 	$(PY) -m controlnet_core demo --out demo/controlnet_demo.png

@@ -55,7 +55,9 @@ def fit_inside(height: int, width: int, target_h: int, target_w: int) -> tuple[i
 
 def resize_hint(hint: Tensor, height: int, width: int, mode: str = "crop") -> Tensor:
     """Hint (B, C, H, W) -> (B, C, height, width): "just_resize" stretches, "crop" centre-crops to the aspect
-    then resizes (the host's `common_upscale(..., "center")`), "fill" fits inside and pads with zeros (black)."""
+    then resizes (the host's `common_upscale(..., "center")`), "fill" fits inside and fills the borders with the
+    per-frame median colour of the hint's border pixels (A1111's "Resize and Fill", the same meaning as the
+    Preprocessor's resize_mode; black for edge and line hints, whose borders are black)."""
     if mode not in RESIZE_MODES:
         raise ControlNetError(f"resize_mode {mode!r} is unknown: use one of {RESIZE_MODES}.")
     _, _, h, w = hint.shape
@@ -67,7 +69,10 @@ def resize_hint(hint: Tensor, height: int, width: int, mode: str = "crop") -> Te
     fh, fw = fit_inside(h, w, height, width)
     inner = F.interpolate(hint, size=(fh, fw), mode=UPSCALE_METHOD)  # (B, C, fh, fw)
     top, left = (height - fh) // 2, (width - fw) // 2
-    return F.pad(inner, (left, width - fw - left, top, height - fh - top))  # (B, C, height, width), zero padded
+    border = torch.cat([hint[..., 0, :], hint[..., -1, :], hint[..., :, 0], hint[..., :, -1]], dim=-1)  # (B, C, n)
+    out = border.median(dim=-1).values[:, :, None, None].expand(-1, -1, height, width).clone()  # (B, C, height, width)
+    out[..., top:top + fh, left:left + fw] = inner
+    return out
 
 
 def resize_mask(mask: Tensor, height: int, width: int) -> Tensor:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..controlnet_core.engine import resize_hint
 from ..controlnet_core.errors import ControlNetError
 from ..controlnet_core.union import AUTO, UNION_TYPE_OPTIONS, UNION_TYPES
 from . import host
@@ -46,11 +47,15 @@ class ApplyControlNet(io.ComfyNode):
                 io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="Crop and Resize", optional=True,
                                tooltip="When the hint's aspect differs from the latent's: Crop and Resize (centre "
                                        "crop, the host's behaviour), Just Resize (stretch), Resize and Fill (fit "
-                                       "inside, pad black)."),
+                                       "inside, borders filled with the hint's median border colour, as in the "
+                                       "Preprocessor: black for edge hints)."),
                 io.Combo.Input("union_type", options=list(UNION_TYPE_OPTIONS), default=AUTO, optional=True,
                                tooltip="ControlNet-Union / ProMax only: what the hint is (the host's Set Union "
                                        "ControlNet Type names). Several applies of one union file with the same "
                                        "window run in one pass. tile and repaint need ProMax; auto = no type."),
+                io.Latent.Input("preview_latent", optional=True,
+                                tooltip="Optional: connect the latent you sample to see, in this node, the hint "
+                                        "as the network gets it (resized to latent x 8 with resize_mode)."),
             ],
             outputs=[io.Conditioning.Output(display_name="positive",
                                             tooltip="Positive conditioning carrying the control (chained after "
@@ -63,7 +68,8 @@ class ApplyControlNet(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, control_net, image, strength: float, start_percent: float,
                 end_percent: float, mask=None, control_strength=None, vae=None,
-                resize_mode: str = "Crop and Resize", union_type: str = AUTO) -> io.NodeOutput:
+                resize_mode: str = "Crop and Resize", union_type: str = AUTO,
+                preview_latent=None) -> io.NodeOutput:
         if strength == 0:
             return io.NodeOutput(positive, negative)
         if resize_mode not in RESIZE_MODES:
@@ -83,4 +89,8 @@ class ApplyControlNet(io.ComfyNode):
             template = control_net
         pos, neg = host.apply_to_conditioning(positive, negative, template, hint, strength,
                                               (start_percent, end_percent), vae=vae)
-        return io.NodeOutput(pos, neg)
+        if preview_latent is None:
+            return io.NodeOutput(pos, neg)
+        width, height = host.latent_pixel_size(preview_latent)
+        seen = resize_hint(hint, height, width, RESIZE_MODES[resize_mode]).movedim(1, -1)  # (B, height, width, 3)
+        return io.NodeOutput(pos, neg, ui=host.preview(seen))

@@ -9,11 +9,13 @@ class ControlNetCoreExtension(ComfyExtension):
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         from .apply import ApplyControlNet
+        from .host.examples import install_example_inputs
+        from .host.routes import register
         from .load import LoadControlNet
         from .preprocess import Preprocessor
         from .strength import ControlStrength
-        from .host.examples import install_example_inputs
 
         install_example_inputs()  # idempotent: v0.3.64 never calls on_load, so set-up lives here
+        register(Preprocessor.models)  # /controlnet_core/...: same weights and model management as the node
 
         return [LoadControlNet, ApplyControlNet, ControlStrength, Preprocessor]

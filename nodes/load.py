@@ -1,9 +1,37 @@
 """`LoadControlNet` node: a file from the host's `controlnet` folder -> the host's CONTROL_NET type."""
 from __future__ import annotations
 
+import posixpath
+
 from comfy_api.latest import io
 
+from ..controlnet_core.errors import ControlNetError
 from . import host
+
+
+def resolve_name(name: str, files: list[str]) -> str | None:
+    """The entry of `files` that `name` means: itself, the same path with `\\` or `/` separators (a workflow
+    saved on another OS), or the one file with that basename; None when absent or ambiguous."""
+    if name in files:
+        return name
+    wanted = name.replace("\\", "/")
+    by_path = {f.replace("\\", "/"): f for f in files}
+    if wanted in by_path:
+        return by_path[wanted]
+    same_base = [f for key, f in by_path.items() if posixpath.basename(key) == posixpath.basename(wanted)]
+    return same_base[0] if len(same_base) == 1 else None
+
+
+def missing_message(name: str, files: list[str], folders: list[str]) -> str:
+    """Why `name` cannot be loaded, naming where the host looked and how to add a folder."""
+    base = posixpath.basename(name.replace("\\", "/"))
+    twins = [f for f in files if posixpath.basename(f.replace("\\", "/")) == base]
+    if len(twins) > 1:
+        return (f"control_net_name {name!r} is not in the controlnet folders, and {len(twins)} files there are called "
+                f"{base!r}: {twins}. Pick one in Load ControlNet (Core).")
+    return (f"control_net_name {name!r} is not in the host's controlnet folders ({', '.join(folders) or 'none'}). "
+            "Put the file in one of them (models/controlnet), or add its folder under `controlnet:` in ComfyUI's "
+            "extra_model_paths.yaml, then press R (refresh) in the editor.")
 
 
 class LoadControlNet(io.ComfyNode):
@@ -34,5 +62,18 @@ class LoadControlNet(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, control_net_name: str) -> bool | str:
+        """The host (v0.3.64) does not check V3 combo values against their options: we do, accepting other
+        separators and a unique basename, and naming the folders searched on a miss."""
+        files = host.controlnet_files()
+        if resolve_name(control_net_name, files) is not None:
+            return True
+        return missing_message(control_net_name, files, host.controlnet_folders())
+
+    @classmethod
     def execute(cls, control_net_name: str, global_average_pooling: str = "auto") -> io.NodeOutput:
-        return io.NodeOutput(host.load_controlnet(control_net_name, global_average_pooling))
+        files = host.controlnet_files()
+        name = resolve_name(control_net_name, files)
+        if name is None:
+            raise ControlNetError(missing_message(control_net_name, files, host.controlnet_folders()))
+        return io.NodeOutput(host.load_controlnet(name, global_average_pooling))

@@ -1,4 +1,11 @@
-"""`Preprocessor` node: runs any preprocessor of controlnet_core.preprocess on an IMAGE batch."""
+"""`Preprocessor` node: runs any preprocessor of controlnet_core.preprocess on an IMAGE batch.
+
+It is an output node (so "Queue Selected Output Nodes" runs it alone) and shows its hint in the node (at most
+`host.ui.PREVIEW_FRAMES` frames of a video). Frame-independent preprocessors run in chunks of CHUNK_FRAMES so the
+host's progress bar carries a live preview of the latest hint frame; network ones also write a status line
+("depth_anything on cpu, frame 16/64"). An optional LATENT sets target_width x target_height to the latent's
+pixel size, which is what pixel-perfect needs.
+"""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -8,6 +15,7 @@ from . import host
 from .inputs import options_for, preprocessor_widgets
 
 DEFAULT_PREPROCESSOR = "canny"
+CHUNK_FRAMES = preprocess.CHUNK_FRAMES  # frames per call when frames are independent: one progress step each
 
 
 def _widget(input_name: str, owner: str | None, option: preprocess.Option) -> io.Input:
@@ -47,20 +55,40 @@ class Preprocessor(io.ComfyNode):
                 io.Combo.Input("preprocessor", options=list(preprocess.PREPROCESSORS), default=DEFAULT_PREPROCESSOR,
                                tooltip=described),
                 *(_widget(*w) for w in preprocessor_widgets()),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="The latent you will sample: its pixel size (latent x 8) becomes "
+                                        "target_width x target_height, so pixel_perfect and resize_mode fit the "
+                                        "hint 1:1 onto the generated image."),
             ],
             outputs=[io.Image.Output(display_name="IMAGE", tooltip="The hint, (B, H, W, 3) in [0, 1].")],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,  # runnable alone ("Queue Selected Output Nodes") to look at the hint
         )
 
     @classmethod
-    def execute(cls, image, preprocessor: str, **inputs) -> io.NodeOutput:
+    def execute(cls, image, preprocessor: str, latent=None, **inputs) -> io.NodeOutput:
         spec = preprocess.get_spec(preprocessor)
-        extra = {}
-        if spec.model_folder is not None:
-            folder = host.preprocessor_models_dir(spec.model_folder)
-            extra = {"models_dir": folder, "model_cache": cls.models.prepare(folder, spec.model_folder)}
-        elif spec.net_folder is not None:
-            extra = {"models_dir": host.preprocessor_search_dirs(spec.net_folder), "model_cache": cls.models.nets}
+        extra = host.preprocessor_resources(spec, cls.models)
+        options = options_for(preprocessor, inputs)
+        if latent is not None:
+            options["target_width"], options["target_height"] = host.latent_pixel_size(latent)
         frames = image.to(host.compute_device())  # (B, H, W, C)
-        result = preprocess.run(preprocessor, frames, progress=host.progress_callback(image.shape[0]),
-                                **extra, **options_for(preprocessor, inputs))
-        return io.NodeOutput(result.to(host.intermediate_device()))
+        label = None if extra == {} else f"{preprocessor} on {frames.device.type}"
+        progress = host.Progress(frames.shape[0], cls.hidden.unique_id, label)
+        hint = _run(preprocessor, spec, frames, progress, {**extra, **options}).to(host.intermediate_device())
+        return io.NodeOutput(hint, ui=host.preview(hint, cls=cls))
+
+
+def _run(name: str, spec: preprocess.PreprocessorSpec, frames, progress, options: dict):
+    """The hint of (B, H, W, C) `frames`; independent frames go CHUNK_FRAMES at a time, each chunk's last hint
+    frame sent as the live preview. Others run in one call that reports counts only."""
+    import torch
+
+    total = frames.shape[0]
+    if not spec.frame_independent or total <= CHUNK_FRAMES:
+        return preprocess.run(name, frames, progress=progress.callback(), **options)
+    parts = []
+    for start in range(0, total, CHUNK_FRAMES):
+        parts.append(preprocess.run(name, frames[start: start + CHUNK_FRAMES], **options))  # (b, H', W', 3)
+        progress.update(min(start + CHUNK_FRAMES, total), total, parts[-1][-1])
+    return torch.cat(parts)

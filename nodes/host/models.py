@@ -37,6 +37,12 @@ def controlnet_files() -> list[str]:
     return folder_paths.get_filename_list(CONTROLNET_FOLDER)
 
 
+def controlnet_folders() -> list[str]:
+    """Every folder the host searches for `controlnet` files (models/controlnet, models/t2i_adapter and those of
+    extra_model_paths.yaml)."""
+    return list(folder_paths.get_folder_paths(CONTROLNET_FOLDER))
+
+
 def controlnet_path(name: str) -> str:
     """Absolute path of a `controlnet` folder file; the host raises FileNotFoundError naming it when absent."""
     return folder_paths.get_full_path_or_raise(CONTROLNET_FOLDER, name)
@@ -256,3 +262,14 @@ class PreprocessorModels:
             self._patchers[folder] = patcher
         comfy.model_management.load_models_gpu([patcher])
         return cache
+
+
+def preprocessor_resources(spec, held: PreprocessorModels) -> dict:
+    """The keyword arguments a network preprocessor needs (models_dir, model_cache) from the host's folders and
+    `held`'s caches; {} for pixel-only preprocessors. Shared by the Preprocessor node and the detect route."""
+    if spec.model_folder is not None:
+        folder = preprocessor_models_dir(spec.model_folder)
+        return {"models_dir": folder, "model_cache": held.prepare(folder, spec.model_folder)}
+    if spec.net_folder is not None:
+        return {"models_dir": preprocessor_search_dirs(spec.net_folder), "model_cache": held.nets}
+    return {}

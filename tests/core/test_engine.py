@@ -368,10 +368,26 @@ def test_just_resize_and_fill():
     img = torch.rand(1, 3, 40, 80) + 0.1  # 2:1, strictly positive so padding is visible
     stretched = resize_hint(img, 64, 64, "just_resize")
     assert torch.equal(stretched, F.interpolate(img, size=(64, 64), mode="nearest-exact"))
-    filled = resize_hint(img, 64, 64, "fill")  # fits as 32 x 64, centred, black bars above and below
+    filled = resize_hint(img, 64, 64, "fill")  # fits as 32 x 64, centred, bars above and below
     assert filled.shape == (1, 3, 64, 64)
-    assert torch.count_nonzero(filled[..., :16, :]) == 0 and torch.count_nonzero(filled[..., 48:, :]) == 0
+    border = torch.cat([img[..., 0, :], img[..., -1, :], img[..., :, 0], img[..., :, -1]], dim=-1)
+    colour = border.median(dim=-1).values[:, :, None, None]  # (1, 3, 1, 1): the border's median colour
+    assert torch.equal(filled[..., :16, :], colour.expand(-1, -1, 16, 64))
+    assert torch.equal(filled[..., 48:, :], colour.expand(-1, -1, 16, 64))
     assert torch.equal(filled[..., 16:48, :], F.interpolate(img, size=(32, 64), mode="nearest-exact"))
+    black = torch.zeros(1, 3, 40, 80)
+    black[..., 10:30, 20:60] = 1.0  # an edge hint: black border -> black bars, as before
+    assert torch.count_nonzero(resize_hint(black, 64, 64, "fill")[..., :16, :]) == 0
+
+
+def test_resize_and_fill_means_the_same_in_apply_and_the_preprocessor():
+    """One meaning of "Resize and Fill": the engine's bars are the Preprocessor's fill colour."""
+    from controlnet_core.preprocess.resize import fit
+
+    img = torch.rand(2, 3, 40, 80)
+    ours = resize_hint(img, 64, 64, "fill")
+    theirs = fit(img.movedim(1, -1), 64, 64, "Resize and Fill").movedim(-1, 1)
+    assert torch.equal(ours[..., :16, :], theirs[..., :16, :]) and torch.equal(ours[..., 48:, :], theirs[..., 48:, :])
     with pytest.raises(ControlNetError, match="stretch"):
         resize_hint(img, 64, 64, "stretch")
 

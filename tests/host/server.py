@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
-PACK_NAME = "comfyui-controlnet-core"
+PACK_NAME = "controlnet-core"  # the folder ComfyUI-Manager would make (the project name)
 
 
 class HostError(RuntimeError):
@@ -85,6 +85,7 @@ class Server:
     python: str
     port: int = 0
     proc: subprocess.Popen | None = None
+    extra_args: tuple[str, ...] = ()  # more host flags, e.g. ("--front-end-root", DIR) for the browser tests
 
     @property
     def url(self) -> str:
@@ -98,7 +99,7 @@ class Server:
         self.port = self.port or free_port()
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch", "--disable-api-nodes",
-               "--database-url", "sqlite:///:memory:", "--log-stdout"]
+               "--database-url", "sqlite:///:memory:", "--log-stdout", *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -47,10 +47,13 @@ def test_workflow_runs(server, name):
     """Queued exactly as POSTed by a user, only shrunk to 64 px and 2 steps so two CPU cores can afford it."""
     api, _ = api_pairs()[name]
     entry = server.run(shrink(api, size=64, steps=2))
-    images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    saved = [img for out in entry["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
     saves = [n for n in api.values() if n["class_type"] == "SaveImage"]
     assert entry["status"]["status_str"] == "success"
-    assert len(images) == len(saves) >= 1
-    for img in images:
+    assert len(saved) == len(saves) >= 1
+    for img in saved:
         assert (server.base / "output" / img["subfolder"] / img["filename"]).stat().st_size > 0
-
+    for node_id, node in api.items():  # every Preprocessor shows its hint in the node (temp preview PNGs)
+        if node["class_type"] == "CNCore_Preprocessor":
+            previews = entry["outputs"][node_id]["images"]
+            assert previews and all(img["type"] == "temp" for img in previews), f"{name}: node {node_id}"

@@ -7,8 +7,16 @@ from __future__ import annotations
 import pytest
 
 from tests.nodes.schemas import UNKNOWN, schemas
-from tests.nodes.workflow_files import (INPUT_DIR, WORKFLOW_DIR, WORKFLOWS, api_pairs, graph_nodes, loaded_images,
-                                       ui_links, ui_widgets_by_name)
+from tests.nodes.workflow_files import (
+    INPUT_DIR,
+    WORKFLOW_DIR,
+    WORKFLOWS,
+    api_pairs,
+    graph_nodes,
+    loaded_images,
+    ui_links,
+    ui_widgets_by_name,
+)
 
 REQUIRED = ("canny", "two_controls", "control_modes", "regional_mask")
 EDITOR_MARKERS = {"fixed", "increment", "decrement", "randomize", "image"}  # control_after_generate, upload
