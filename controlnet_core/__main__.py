@@ -67,7 +67,8 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     p.add_argument("input", help="any layout `inspect` reads")
     p.add_argument("output", help="ldm: a .safetensors file; diffusers: a folder (weights + config.json) "
                                   "or a .safetensors file (weights only)")
-    p.add_argument("--to", required=True, choices=("ldm", "diffusers"), help="layout to write")
+    p.add_argument("--to", required=True, choices=("ldm", "diffusers", "tencentarc"),
+                   help="layout to write (ControlNet: ldm or diffusers; T2I-Adapter: tencentarc or diffusers)")
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="cast floating-point weights (default: keep)")
     p.set_defaults(func=_convert)
 

@@ -266,6 +266,22 @@ def diffusers_to_tencentarc(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def tencentarc_to_diffusers(sd: Mapping[str, Tensor], config: T2IAdapterConfig) -> dict[str, Tensor]:
+    """TencentARC names -> diffusers `T2IAdapter` names (the inverse of `diffusers_to_tencentarc`)."""
+    out = {}
+    for key, value in sd.items():
+        name = key
+        if config.variant == "light":
+            if m := re.match(r"body\.(\d+)\.body\.(\d+)\.(.*)$", key):
+                name = f"body.{m.group(1)}.resnets.{m.group(2)}.{m.group(3)}"
+        elif m := re.match(r"body\.(\d+)\.(in_conv\.)?(.*)$", key):
+            level, j = divmod(int(m.group(1)), config.num_res_blocks)
+            name = (f"body.{level}.in_conv.{m.group(3)}" if m.group(2) else
+                    f"body.{level}.resnets.{j}.{m.group(3)}")
+        out["adapter." + name] = value
+    return out
+
+
 def layout(sd: Mapping[str, Tensor]) -> str:
     """"diffusers" (adapter.* keys) or "tencentarc"."""
     return "diffusers" if any(k.startswith("adapter.") for k in sd) else "tencentarc"

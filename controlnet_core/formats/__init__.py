@@ -261,11 +261,17 @@ def inspect_checkpoint(path: PathLike) -> CheckpointInfo:
 # ------------------------------------------------------------------------------------------------ writing
 
 def convert_checkpoint(src: PathLike, out: PathLike, layout: str, *, dtype: torch.dtype | None = None) -> list[Path]:
-    """Read a plain ControlNet, check it strictly, cast floating tensors to `dtype`, write `layout`
-    (see save_controlnet)."""
+    """Read a plain ControlNet (or T2I-Adapter), check it strictly, cast floating tensors to `dtype`, write
+    `layout` (ControlNet: see save_controlnet; T2I-Adapter: "tencentarc" | "diffusers" .safetensors)."""
     kind, ck = read_checked(src)
+    if kind.name == "t2i_adapter":
+        return _t2i_adapter.save(cast_each(ck.state_dict, dtype=dtype) if dtype is not None else ck.state_dict,
+                                 out, layout, ck.config)
     if kind.name != "controlnet":
-        raise CheckpointError(f"{src}: this is {kind.what} (kind {kind.name}); convert rewrites plain ControlNets only")
+        raise CheckpointError(f"{src}: this is {kind.what} (kind {kind.name}); convert rewrites plain ControlNets "
+                              "and T2I-Adapters only")
+    if layout not in {row.name for row in LAYOUTS}:
+        raise CheckpointError(f"{src}: a ControlNet is written as ldm or diffusers, not {layout!r}")
     weights = cast_each(ck.state_dict, dtype=dtype) if dtype is not None else ck.state_dict
     return save_controlnet(weights, out, layout, ck.config)
 

@@ -71,3 +71,23 @@ def layout(sd) -> str:
     from ..t2i_adapter import layout as t2i_layout
 
     return t2i_layout(sd)
+
+
+def save(native: StateDict, out, layout_name: str, config) -> list:
+    """Write TencentARC-named weights as `layout_name` ("tencentarc" | "diffusers") into one .safetensors file."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from ..t2i_adapter import tencentarc_to_diffusers
+
+    out = Path(out)
+    if layout_name not in ("tencentarc", "diffusers"):
+        raise CheckpointError(f"a T2I-Adapter is written as tencentarc or diffusers, not {layout_name!r}")
+    if out.suffix != ".safetensors":
+        raise CheckpointError(f"{out}: a T2I-Adapter is written as one .safetensors file; give an output path "
+                              "ending in .safetensors")
+    tensors = tencentarc_to_diffusers(native, config) if layout_name == "diffusers" else native
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(out), metadata={"format": "pt"})
+    return [out]

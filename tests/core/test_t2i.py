@@ -160,3 +160,22 @@ def test_strict_loading_names_the_key():
 
     with pytest.raises(CheckpointError, match=r"T2I-Adapter.*missing.*body\.7\.block2\.bias"):
         load_controlnet(sd)
+
+
+@pytest.mark.parametrize("name", ["full", "light", "xl"])
+def test_convert_between_the_two_layouts(tmp_path, name):
+    """diffusers -> tencentarc -> diffusers through the CLI: same tensors, and diffusers loads the result."""
+    from safetensors.torch import load_file, save_file
+
+    from controlnet_core.__main__ import main
+
+    ref = reference(name)
+    src, mid, back = tmp_path / "d.safetensors", tmp_path / "t.safetensors", tmp_path / "d2.safetensors"
+    save_file(ref.state_dict(), str(src))
+    assert main(["convert", str(src), str(mid), "--to", "tencentarc"]) == 0
+    assert detect_format(load_file(str(mid))) == "tencentarc"
+    assert main(["convert", str(mid), str(back), "--to", "diffusers"]) == 0
+    again = load_file(str(back))
+    assert again.keys() == ref.state_dict().keys()
+    assert all(torch.equal(again[k], v) for k, v in ref.state_dict().items())
+    diffusers.T2IAdapter(**CASES[name]).load_state_dict(again, strict=True)
