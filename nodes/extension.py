@@ -10,7 +10,8 @@ class ControlNetCoreExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         from .apply import ApplyControlNet
         from .load import LoadControlNet
+        from .pose import RenderPose
         from .preprocess import Preprocessor
         from .strength import ControlStrength
 
-        return [LoadControlNet, ApplyControlNet, ControlStrength, Preprocessor]
+        return [LoadControlNet, ApplyControlNet, ControlStrength, Preprocessor, RenderPose]

@@ -1,11 +1,14 @@
 """`Preprocessor` node: runs any preprocessor of controlnet_core.preprocess on an IMAGE batch."""
 from __future__ import annotations
 
+import json
+
 from comfy_api.latest import io
 
 from ..controlnet_core import preprocess
 from . import host
 from .inputs import options_for, preprocessor_widgets
+from .pose import PoseKeypoint
 
 DEFAULT_PREPROCESSOR = "canny"
 
@@ -48,7 +51,10 @@ class Preprocessor(io.ComfyNode):
                                tooltip=described),
                 *(_widget(*w) for w in preprocessor_widgets()),
             ],
-            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The hint, (B, H, W, 3) in [0, 1].")],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The hint, (B, H, W, 3) in [0, 1]."),
+                     PoseKeypoint.Output(display_name="POSE_KEYPOINT",
+                                         tooltip="Pose preprocessors: the keypoints, one OpenPose JSON dict per "
+                                                 "frame (also in the node's ui as openpose_json); others: [].")],
         )
 
     @classmethod
@@ -61,6 +67,9 @@ class Preprocessor(io.ComfyNode):
         elif spec.net_folder is not None:
             extra = {"models_dir": host.preprocessor_search_dirs(spec.net_folder), "model_cache": cls.models.nets}
         frames = image.to(host.compute_device())  # (B, H, W, C)
-        result = preprocess.run(preprocessor, frames, progress=host.progress_callback(image.shape[0]),
-                                **extra, **options_for(preprocessor, inputs))
-        return io.NodeOutput(result.to(host.intermediate_device()))
+        result = preprocess.run_detailed(preprocessor, frames, progress=host.progress_callback(image.shape[0]),
+                                         **extra, **options_for(preprocessor, inputs))
+        hint = result.image.to(host.intermediate_device())
+        if result.keypoints is None:
+            return io.NodeOutput(hint, [])
+        return io.NodeOutput(hint, result.keypoints, ui={"openpose_json": [json.dumps(result.keypoints)]})

@@ -1,5 +1,5 @@
 """Human pose: the training-time rendering (draw.py), POSE_KEYPOINT in and out (keypoints.py), the OpenPose and
-DWPose detectors (openpose.py and the nets in ../nets/) and video smoothing (smooth.py)."""
+DWPose detectors (cmu.py and the nets in ../nets/) and video smoothing (smooth.py)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,4 +37,32 @@ def frames_json(frames: Sequence[tuple[Sequence[Person], int, int]]) -> list[dic
     return [frame_json(people, w, h) for people, w, h in frames]
 
 
-__all__ = ["Person", "draw_people", "frame_json", "frames_json", "parse", "render_frames", "render_pose_keypoint"]
+def openpose(image: torch.Tensor, hands: bool = False, face: bool = False, draw_body: bool = True,
+             xinsir_sticks: bool = False, smooth: bool = False, batch_size: int = 4, models_dir=None,
+             model_cache=None, progress=None) -> tuple[torch.Tensor, list[dict]]:
+    """OpenPose (body_pose_model.pth; hands: hand_pose_model.pth; face: facenet.pth) on (B, H, W, 3) in [0, 1] ->
+    (hints (B, H, W, 3) drawn at the picture's size, POSE_KEYPOINT frames in its pixels)."""
+    from .._image import to_uint8
+    from ..nets import NetCache
+    from .cmu import detect, load_nets
+
+    cache = model_cache if model_cache is not None else NetCache()
+    frames = to_uint8(image[..., :3]).cpu().numpy()  # (B, H, W, 3) uint8 RGB
+    people = detect(frames, *load_nets(cache, models_dir, hands, face), batch_size, progress)
+    return _finish(people, image, draw_body, hands, face, xinsir_sticks, smooth)
+
+
+def _finish(people: list[list[Person]], image: torch.Tensor, body: bool, hands: bool, face: bool,
+            xinsir_sticks: bool, smooth: bool) -> tuple[torch.Tensor, list[dict]]:
+    """Detected people per frame -> (hints on the image's device, POSE_KEYPOINT), smoothed over time if asked."""
+    height, width = image.shape[1:3]
+    if smooth:
+        from .smooth import smooth_people
+
+        people = smooth_people(people)
+    frames = [(p, width, height) for p in people]
+    return render_frames(frames, body=body, hands=hands, face=face, xinsir_sticks=xinsir_sticks,
+                         device=image.device), frames_json(frames)
+
+
+__all__ = ["openpose", "Person", "draw_people", "frame_json", "frames_json", "parse", "render_frames", "render_pose_keypoint"]
