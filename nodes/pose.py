@@ -2,7 +2,6 @@
 the openpose hint image, drawn as the openpose ControlNets were trained."""
 from __future__ import annotations
 
-
 from comfy_api.latest import io
 
 from ..controlnet_core.errors import PreprocessError

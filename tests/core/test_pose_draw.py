@@ -8,7 +8,12 @@ import pytest
 
 from controlnet_core.errors import PreprocessError
 from controlnet_core.preprocess.pose import frames_json, parse, render_pose_keypoint
-from controlnet_core.preprocess.pose.draw import Person, draw_people, hand_color, stick_width
+from controlnet_core.preprocess.pose.draw import (
+    Person,
+    draw_people,
+    hand_color,
+    stick_width,
+)
 
 util = pytest.importorskip("controlnet_aux.dwpose.util")
 

@@ -14,17 +14,21 @@ import torch
 from controlnet_core.errors import PreprocessError
 from controlnet_core.preprocess import run_detailed
 from controlnet_core.preprocess.nets import load_network
-from controlnet_core.preprocess.nets.openpose import OPENPOSE_BODY, OPENPOSE_FACE, OPENPOSE_HAND
+from controlnet_core.preprocess.nets.openpose import (
+    OPENPOSE_BODY,
+    OPENPOSE_FACE,
+    OPENPOSE_HAND,
+)
 from controlnet_core.preprocess.pose.cmu import LIMB_SEQ, PAF_IDX, detect
 
 pytest.importorskip("controlnet_aux")
-from controlnet_aux.open_pose import OpenposeDetector, util  # noqa: E402
-from controlnet_aux.open_pose.body import Body  # noqa: E402
-from controlnet_aux.open_pose.face import Face, FaceNet  # noqa: E402
-from controlnet_aux.open_pose.hand import Hand  # noqa: E402
-from controlnet_aux.open_pose.model import bodypose_model, handpose_model  # noqa: E402
+from controlnet_aux.open_pose import OpenposeDetector, util
+from controlnet_aux.open_pose.body import Body
+from controlnet_aux.open_pose.face import Face, FaceNet
+from controlnet_aux.open_pose.hand import Hand
+from controlnet_aux.open_pose.model import bodypose_model, handpose_model
 
-from tests.learned_nets import random_weights  # noqa: E402
+from tests.learned_nets import random_weights
 
 H, W = 256, 384  # body scale 0.71875: 184 x 276 picture, maps 23 x 35
 
@@ -192,7 +196,7 @@ def test_registry_run_equals_the_detector_end_to_end(files):
 
 
 def test_no_person_missing_files_and_body_only_file(files, tmp_path):
-    sds, folder = files
+    sds, _ = files
     image = torch.from_numpy(picture(2))[None].float() / 255.0
     blind = tmp_path / "blind"
     blind.mkdir()

@@ -65,4 +65,4 @@ def _finish(people: list[list[Person]], image: torch.Tensor, body: bool, hands: 
                          device=image.device), frames_json(frames)
 
 
-__all__ = ["openpose", "Person", "draw_people", "frame_json", "frames_json", "parse", "render_frames", "render_pose_keypoint"]
+__all__ = ["Person", "draw_people", "frame_json", "frames_json", "openpose", "parse", "render_frames", "render_pose_keypoint"]

@@ -249,7 +249,6 @@ def run_faces(net: torch.nn.Module, crops: list[np.ndarray], device, dtype) -> l
 
 def _crop_dirs(models_dir):
     """Hand and face files sit beside the body file: a file in `models_dir` stands for its folder."""
-    from pathlib import Path
 
     from ..nets import search_dirs
 
