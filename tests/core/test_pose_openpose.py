@@ -210,3 +210,22 @@ def test_no_person_missing_files_and_body_only_file(files, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PreprocessError, match=r"body_pose_model\.pth not found in .*empty"):
         run_detailed("openpose", image, models_dir=str(tmp_path / "empty"))
+
+
+def test_cli_writes_the_keypoints_json(files, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from controlnet_core.__main__ import main
+
+    _, folder = files
+    Image.fromarray(picture(2)).save(tmp_path / "in.png")
+    args = ["preprocess", "openpose", str(tmp_path / "in.png"), str(tmp_path / "out.png"),
+            "--models_dir", str(folder / "body_pose_model.pth"), "--keypoints_json", str(tmp_path / "k.json")]
+    assert main(args) == 0
+    frames = json.loads((tmp_path / "k.json").read_text())
+    assert frames[0]["canvas_width"] == W and len(frames[0]["people"]) >= 1
+    assert main(["preprocess", "canny", str(tmp_path / "in.png"), str(tmp_path / "c.png"),
+                 "--keypoints_json", str(tmp_path / "c.json")]) == 1
+    assert "makes no keypoints" in capsys.readouterr().err
