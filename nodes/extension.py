@@ -12,10 +12,11 @@ class ControlNetCoreExtension(ComfyExtension):
         from .host.examples import install_example_inputs
         from .host.routes import register
         from .load import LoadControlNet
+        from .pose import RenderPose
         from .preprocess import Preprocessor
         from .strength import ControlStrength
 
         install_example_inputs()  # idempotent: v0.3.64 never calls on_load, so set-up lives here
         register(Preprocessor.models)  # /controlnet_core/...: same weights and model management as the node
 
-        return [LoadControlNet, ApplyControlNet, ControlStrength, Preprocessor]
+        return [LoadControlNet, ApplyControlNet, ControlStrength, Preprocessor, RenderPose]

@@ -8,11 +8,14 @@ pixel size, which is what pixel-perfect needs.
 """
 from __future__ import annotations
 
+import json
+
 from comfy_api.latest import io
 
 from ..controlnet_core import preprocess
 from . import host
 from .inputs import options_for, preprocessor_widgets
+from .pose import PoseKeypoint
 
 DEFAULT_PREPROCESSOR = "canny"
 CHUNK_FRAMES = preprocess.CHUNK_FRAMES  # frames per call when frames are independent: one progress step each
@@ -60,7 +63,10 @@ class Preprocessor(io.ComfyNode):
                                         "target_width x target_height, so pixel_perfect and resize_mode fit the "
                                         "hint 1:1 onto the generated image."),
             ],
-            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The hint, (B, H, W, 3) in [0, 1].")],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The hint, (B, H, W, 3) in [0, 1]."),
+                     PoseKeypoint.Output(display_name="POSE_KEYPOINT",
+                                         tooltip="Pose preprocessors: the keypoints, one OpenPose JSON dict per "
+                                                 "frame (also in the node's ui as openpose_json); others: [].")],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,  # runnable alone ("Queue Selected Output Nodes") to look at the hint
         )
@@ -75,20 +81,25 @@ class Preprocessor(io.ComfyNode):
         frames = image.to(host.compute_device())  # (B, H, W, C)
         label = None if extra == {} else f"{preprocessor} on {frames.device.type}"
         progress = host.Progress(frames.shape[0], cls.hidden.unique_id, label)
-        hint = _run(preprocessor, spec, frames, progress, {**extra, **options}).to(host.intermediate_device())
-        return io.NodeOutput(hint, ui=host.preview(hint, cls=cls))
+        result = _run(preprocessor, spec, frames, progress, {**extra, **options})
+        hint = result.image.to(host.intermediate_device())
+        shown = host.preview(hint, cls=cls).as_dict()
+        if result.keypoints is None:
+            return io.NodeOutput(hint, [], ui=shown)
+        return io.NodeOutput(hint, result.keypoints, ui={**shown, "openpose_json": [json.dumps(result.keypoints)]})
 
 
-def _run(name: str, spec: preprocess.PreprocessorSpec, frames, progress, options: dict):
+def _run(name: str, spec: preprocess.PreprocessorSpec, frames, progress, options: dict) -> preprocess.PreprocessResult:
     """The hint of (B, H, W, C) `frames`; independent frames go CHUNK_FRAMES at a time, each chunk's last hint
     frame sent as the live preview. Others run in one call that reports counts only."""
     import torch
 
     total = frames.shape[0]
     if not spec.frame_independent or total <= CHUNK_FRAMES:
-        return preprocess.run(name, frames, progress=progress.callback(), **options)
+        return preprocess.run_detailed(name, frames, progress=progress.callback(), **options)
     parts = []
     for start in range(0, total, CHUNK_FRAMES):
-        parts.append(preprocess.run(name, frames[start: start + CHUNK_FRAMES], **options))  # (b, H', W', 3)
-        progress.update(min(start + CHUNK_FRAMES, total), total, parts[-1][-1])
-    return torch.cat(parts)
+        parts.append(preprocess.run_detailed(name, frames[start: start + CHUNK_FRAMES], **options))
+        progress.update(min(start + CHUNK_FRAMES, total), total, parts[-1].image[-1])
+    keypoints = None if parts[0].keypoints is None else [k for part in parts for k in part.keypoints]
+    return preprocess.PreprocessResult(torch.cat([part.image for part in parts]), keypoints)

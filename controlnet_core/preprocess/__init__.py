@@ -126,6 +126,15 @@ def _batch(default: int) -> Option:
 
 
 
+_POSE_OPTIONS = (
+    Option("draw_body", "bool", True, tooltip="Draw the body skeleton (off: hands and face only)."),
+    Option("xinsir_sticks", "bool", False,
+           tooltip="Thicker limbs on large hints, as xinsir's SDXL openpose model was trained (off: ControlNet 1.1)."),
+    Option("smooth", "bool", False,
+           tooltip="Video: follow each person across the frames and smooth the keypoints (One-Euro filter) so "
+                   "the skeleton does not jitter."),
+)
+
 COMMON_OPTIONS = (
     Option("resolution", "int", 0, 0, 16384, 8,
            tooltip="Short side, in pixels, of the image the preprocessor works on and returns (rounded to a "
@@ -260,6 +269,13 @@ PREPROCESSORS: dict[str, PreprocessorSpec] = {spec.name: spec for spec in (
     PreprocessorSpec("normal_bae", "normals:normal_bae",
                      "NormalBAE surface normals (scannet.pt, MIT) in the ControlNet 1.1 normalbae colours.",
                      (_batch(4),), net_folder="normal"),
+    # pose (pose/): keypoints out as POSE_KEYPOINT (OpenPose JSON), hint drawn as the openpose ControlNets were trained
+    PreprocessorSpec("openpose", "pose:openpose",
+                     "OpenPose body (body_pose_model.pth), optional hands (hand_pose_model.pth) and face "
+                     "(facenet.pth); licence: CMU, non-commercial research only.",
+                     (Option("hands", "bool", False, tooltip="Detect and draw the hands (hand_pose_model.pth)."),
+                      Option("face", "bool", False, tooltip="Detect and draw the face landmarks (facenet.pth)."),
+                      *_POSE_OPTIONS, _batch(4)), net_folder="openpose", frame_independent=False, keypoints=True),
 )}
 
 

@@ -30,6 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--models_dir", help="depth, segmentation: a local transformers model folder; network "
                                              "preprocessors: a folder holding the published weight file, or the file")
     parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
+    parser.add_argument("--keypoints_json", help="pose preprocessors: also write the keypoints here (OpenPose JSON, "
+                                                 "a list with one dict per frame)")
     seen: dict[str, str] = {}
     for option in (*COMMON_OPTIONS, *(o for spec in PREPROCESSORS.values() for o in spec.options)):
         if option.name in seen:
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from . import get_spec, run as run_preprocessor
+    from . import get_spec, run_detailed
 
     spec = get_spec(args.name)
     options = {key[4:]: value for key, value in vars(args).items() if key.startswith("opt_") and value is not None}
@@ -66,11 +68,16 @@ def _run(args: argparse.Namespace) -> None:
     if "mask" in options:
         options["mask"] = read_image(options["mask"], args.device)[..., 0]  # (1, H, W) from the red/grey channel
     extra = {"models_dir": args.models_dir} if spec.model_folder or spec.net_folder else {}
+    if getattr(args, "keypoints_json", None) and not spec.keypoints:
+        raise PreprocessError(f"{args.name} makes no keypoints: --keypoints_json is for the pose preprocessors")
     try:
-        hint = run_preprocessor(args.name, image, **extra, **options)
+        result = run_detailed(args.name, image, **extra, **options)
     except PreprocessError as exc:
         raise PreprocessError(f"{args.input}: {exc}") from None
+    hint = result.image
     write_image(hint, args.output)
+    if getattr(args, "keypoints_json", None):
+        write_keypoints(result.keypoints, args.keypoints_json)
     logger.info("wrote %s (%dx%d)", args.output, hint.shape[2], hint.shape[1])
 
 
@@ -108,3 +115,14 @@ def write_image(image, path: str) -> None:
     if out.parent and not out.parent.is_dir():
         raise PreprocessError(f"{path}: the folder {out.parent} does not exist")
     Image.fromarray(pixels).save(out)
+
+
+def write_keypoints(keypoints: list[dict], path: str) -> None:
+    """POSE_KEYPOINT frames -> a JSON file (the list, as the host's ui.openpose_json holds it)."""
+    import json
+
+    out = Path(path)
+    if out.parent and not out.parent.is_dir():
+        raise PreprocessError(f"{path}: the folder {out.parent} does not exist")
+    out.write_text(json.dumps(keypoints))
+    logger.info("wrote %s (%d frames)", path, len(keypoints))

@@ -289,6 +289,29 @@ EXAMPLES = {"canny": canny, "two_controls": two_controls, "control_modes": contr
             "regional_mask": regional_mask}
 
 
+OPENPOSE = "control_v11p_sd15_openpose_fp16.safetensors"
+
+
+def pose() -> Workflow:
+    """OpenPose on a photo -> Apply ControlNet (Core); the keypoints (POSE_KEYPOINT) re-drawn by Render Pose
+    Keypoints (Core) with hands and face off, shown in a preview. Needs body_pose_model.pth in
+    models/controlnet_preprocessors/openpose/."""
+    wf = Workflow()
+    b = base(wf)
+    skeleton = wf.add("CNCore_Preprocessor", (380, 660), image=(b["image"], 0), preprocessor="openpose")
+    cn = wf.add("CNCore_LoadControlNet", (760, 500), control_net_name=OPENPOSE)
+    drawn = wf.add("CNCore_RenderPose", (760, 700), pose_keypoint=(skeleton, 1), hands=False, face=False)
+    wf.add("PreviewImage", (1100, 700), images=(drawn, 0))
+    apply = wf.add("CNCore_ApplyControlNet", (1100, 200), positive=(b["pos"], 0), negative=(b["neg"], 0),
+                   control_net=(cn, 0), image=(skeleton, 0), strength=1.0, start_percent=0.0, end_percent=1.0,
+                   resize_mode="Crop and Resize")
+    finish(wf, b, (apply, 0), (apply, 1), "controlnet_core/pose")
+    return wf
+
+
+EXAMPLES["pose"] = pose
+
+
 def host_object_info() -> dict:
     """GET /object_info from a host started with this pack (COMFYUI_PATH), in a throw-away base directory."""
     import tempfile

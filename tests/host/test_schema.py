@@ -5,7 +5,8 @@ import pytest
 
 from tests.nodes.schemas import schemas
 
-OURS = ("CNCore_LoadControlNet", "CNCore_ApplyControlNet", "CNCore_ControlStrength", "CNCore_Preprocessor")
+OURS = ("CNCore_LoadControlNet", "CNCore_ApplyControlNet", "CNCore_ControlStrength", "CNCore_Preprocessor",
+        "CNCore_RenderPose")
 
 
 @pytest.fixture(scope="module")
