@@ -29,5 +29,18 @@ class LoadControlNet(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, control_net_name: str | None = None) -> bool | str:
+        """At queue time: only a file the folder lists (no `..`, absolute paths or other folders)."""
+        if control_net_name is None or control_net_name in host.controlnet_files():
+            return True
+        return (f"control_net_name {control_net_name[:200]!r} is not a file of the host's models/controlnet "
+                "folder: pick one from the list (paths outside the model folders are refused).")
+
+    @classmethod
+    def fingerprint_inputs(cls, control_net_name: str) -> str:
+        """The file's size and mtime: a file changed on disk is loaded again, not served from the host's cache."""
+        return host.models.controlnet_fingerprint(control_net_name)
+
+    @classmethod
     def execute(cls, control_net_name: str) -> io.NodeOutput:
         return io.NodeOutput(host.load_controlnet(control_net_name))

@@ -42,6 +42,16 @@ def controlnet_path(name: str) -> str:
     return folder_paths.get_full_path_or_raise(CONTROLNET_FOLDER, name)
 
 
+def controlnet_fingerprint(name: str) -> str:
+    """Size and modification time of a `controlnet` folder file ("missing" when gone): a file replaced, truncated
+    or deleted on disk makes the host run the loader again (and report the file) instead of reusing its cache."""
+    try:
+        stat = os.stat(controlnet_path(name))
+    except (FileNotFoundError, OSError):
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def preprocessor_folders() -> list[str]:
     """Every `controlnet_preprocessors` folder: `models/controlnet_preprocessors` and those added under that name
     in extra_model_paths.yaml (registered on first use, no import side effects)."""
