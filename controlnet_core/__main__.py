@@ -93,8 +93,13 @@ def _command(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+LAYOUT_LIST = "; layouts read: "  # formats.py appends every layout it reads (hundreds of characters)
+
+
 def _fail(message: str) -> int:
-    """One line on stderr, exit status 1."""
+    """One line on stderr, exit status 1: what the file is and the fix, without the library's list of layouts."""
+    if LAYOUT_LIST in message:
+        message = message.split(LAYOUT_LIST)[0] + " (layouts read: docs/formats.md)"
     sys.stderr.write("error: " + " ".join(message.split()) + "\n")
     return 1
 

@@ -7,7 +7,7 @@ from ..controlnet_core.engine import resize_hint
 from ..controlnet_core.errors import ControlNetError
 from ..controlnet_core.union import AUTO, UNION_TYPE_OPTIONS, UNION_TYPES
 from . import host
-from .inputs import RESIZE_MODES, effect_mask, hint_from_image
+from .inputs import RESIZE_MODES, check_apply_values, effect_mask, hint_from_image
 from .strength import ControlStrengthType
 
 
@@ -66,10 +66,19 @@ class ApplyControlNet(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, strength: float | None = None, start_percent: float | None = None,
+                        end_percent: float | None = None) -> bool | str:
+        """At queue time: NaN/inf/out-of-range strength, percents outside [0, 1], start after end."""
+        return check_apply_values(strength, start_percent, end_percent) or True
+
+    @classmethod
     def execute(cls, positive, negative, control_net, image, strength: float, start_percent: float,
                 end_percent: float, mask=None, control_strength=None, vae=None,
                 resize_mode: str = "Crop and Resize", union_type: str = AUTO,
                 preview_latent=None) -> io.NodeOutput:
+        problem = check_apply_values(strength, start_percent, end_percent)  # linked values skip validate_inputs
+        if problem:
+            raise ControlNetError(problem)
         if strength == 0:
             return io.NodeOutput(positive, negative)
         if resize_mode not in RESIZE_MODES:

@@ -8,6 +8,7 @@ widget values of saved UI workflows valid (regenerate workflows/ with tests/host
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,3 +85,34 @@ def effect_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     if not bool(torch.isfinite(mask).all()):
         raise ControlNetError("ControlNet mask contains NaN or infinite values.")
     return mask.clamp(0.0, 1.0)
+
+
+MAX_STRENGTH = 10.0  # the strength widget's max
+
+
+def check_apply_values(strength: float | None, start: float | None, end: float | None) -> str | None:
+    """Queue-time check of Apply's numbers (the host skips its own min/max checks for inputs a node validates):
+    None when fine, else one sentence naming the value and the fix. Linked inputs arrive as None."""
+    if strength is not None and not (math.isfinite(strength) and 0.0 <= strength <= MAX_STRENGTH):
+        return (f"strength {strength} is not a number in [0, {MAX_STRENGTH:g}]: use e.g. 1.0 (0 = no control).")
+    for name, value in (("start_percent", start), ("end_percent", end)):
+        if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            return f"{name} {value} is outside [0, 1]: percents are sampling progress (0 = first step, 1 = last)."
+    if start is not None and end is not None and start > end:
+        return (f"start_percent {start} is after end_percent {end}: the control would never run; make start <= "
+                "end (e.g. 0.0 and 1.0).")
+    return None
+
+
+def check_strength_texts(block_multipliers: str | None, schedule: str | None) -> str | None:
+    """Queue-time parse of ControlStrength's text inputs: None when both parse, else the parser's message."""
+    from ..controlnet_core.weights import parse_schedule
+
+    try:
+        if block_multipliers is not None:
+            parse_block_multipliers(block_multipliers)
+        if schedule is not None:
+            parse_schedule(schedule)
+    except ControlNetError as exc:
+        return str(exc)[:500]
+    return None

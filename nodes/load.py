@@ -27,9 +27,10 @@ def missing_message(name: str, files: list[str], folders: list[str]) -> str:
     base = posixpath.basename(name.replace("\\", "/"))
     twins = [f for f in files if posixpath.basename(f.replace("\\", "/")) == base]
     if len(twins) > 1:
-        return (f"control_net_name {name!r} is not in the controlnet folders, and {len(twins)} files there are called "
-                f"{base!r}: {twins}. Pick one in Load ControlNet (Core).")
-    return (f"control_net_name {name!r} is not in the host's controlnet folders ({', '.join(folders) or 'none'}). "
+        return (f"control_net_name {name[:200]!r} is not in the controlnet folders, and {len(twins)} files there "
+                f"are called {base!r}: {twins}. Pick one in Load ControlNet (Core).")
+    return (f"control_net_name {name[:200]!r} is not a file of the host's models/controlnet folders "
+            f"({', '.join(folders) or 'none'}). "
             "Put the file in one of them (models/controlnet), or add its folder under `controlnet:` in ComfyUI's "
             "extra_model_paths.yaml, then press R (refresh) in the editor.")
 
@@ -62,13 +63,21 @@ class LoadControlNet(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, control_net_name: str) -> bool | str:
-        """The host (v0.3.64) does not check V3 combo values against their options: we do, accepting other
-        separators and a unique basename, and naming the folders searched on a miss."""
+    def validate_inputs(cls, control_net_name: str | None = None) -> bool | str:
+        """At queue time (the host, v0.3.64, does not check V3 combo values): only a file the folders list, under
+        either separator or a unique basename; `..`, absolute paths and other folders are refused."""
+        if control_net_name is None:  # linked from another node: checked when it runs
+            return True
         files = host.controlnet_files()
         if resolve_name(control_net_name, files) is not None:
             return True
         return missing_message(control_net_name, files, host.controlnet_folders())
+
+    @classmethod
+    def fingerprint_inputs(cls, control_net_name: str, global_average_pooling: str = "auto") -> str:
+        """The file's size and mtime: a file changed on disk is loaded again, not served from the host's cache."""
+        name = resolve_name(control_net_name, host.controlnet_files()) or control_net_name
+        return f"{host.models.controlnet_fingerprint(name)}:{global_average_pooling}"
 
     @classmethod
     def execute(cls, control_net_name: str, global_average_pooling: str = "auto") -> io.NodeOutput:

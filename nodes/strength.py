@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..controlnet_core.errors import ControlNetError
 from ..controlnet_core.weights import MODES, SCHEDULE_SYNTAX, ControlWeights, parse_schedule
-from .inputs import parse_block_multipliers
+from .inputs import check_strength_texts, parse_block_multipliers
 
 ControlStrengthType = io.Custom("CONTROL_STRENGTH")  # the value is a controlnet_core ControlWeights
 
@@ -44,6 +44,11 @@ class ControlStrength(io.ComfyNode):
             outputs=[ControlStrengthType.Output(display_name="control_strength",
                                              tooltip="Connect to Apply ControlNet (Core).control_strength.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, block_multipliers: str | None = None, schedule: str | None = None) -> bool | str:
+        """A malformed block list or schedule is refused at queue time, not at sampling time."""
+        return check_strength_texts(block_multipliers, schedule) or True
 
     @classmethod
     def execute(cls, mode: str, base_multiplier: float = 0.825, uncond_multiplier: float = 1.0,

@@ -61,14 +61,9 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
     """All tensors of a safetensors file on the CPU."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from ..safetensors_io import load_file
 
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({_first_line(exc)}); the file is truncated "
-                              "or corrupt, download it again") from exc
+    return load_file(path)  # not memory-mapped: a file changed on disk later cannot SIGBUS the process
 
 
 def _read_torch(path: Path) -> Any:

@@ -22,26 +22,66 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "preprocess", help="make a hint image from a picture (canny, depth, ...)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="preprocessors:\n" + "\n".join(f"  {name:<18} {PREPROCESSORS[name].description}"
-                                             for name in list_preprocessors()))
+        epilog=_epilog())
     parser.add_argument("name", help="preprocessor name (see the list below)")
     parser.add_argument("input", help="input picture (PNG, JPEG, ...)")
-    parser.add_argument("output", help="output PNG")
+    parser.add_argument("output", help="output picture; its format follows the extension (.png, .jpg, .webp, ...)")
     parser.add_argument("--models_dir", help="depth, segmentation: a local transformers model folder; network "
                                              "preprocessors: a folder holding the published weight file, or the file")
     parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
     parser.add_argument("--keypoints_json", help="pose preprocessors: also write the keypoints here (OpenPose JSON, "
                                                  "a list with one dict per frame)")
-    seen: dict[str, str] = {}
-    for option in (*COMMON_OPTIONS, *(o for spec in PREPROCESSORS.values() for o in spec.options)):
-        if option.name in seen:
-            continue
-        seen[option.name] = option.tooltip
-        help_text = "a picture file: white = 1" if option.kind == "mask" else option.tooltip
+    for option in COMMON_OPTIONS:
         parser.add_argument(f"--{option.name}", dest=f"opt_{option.name}", metavar=option.kind.upper(),
-                            help=help_text)
+                            help=f"{option.tooltip} (default: {option.default})")
+    seen: set[str] = {o.name for o in COMMON_OPTIONS}
+    for option in (o for spec in PREPROCESSORS.values() for o in spec.options):
+        if option.name not in seen:  # one flag per name; each preprocessor's own help and default: epilog
+            seen.add(option.name)
+            parser.add_argument(f"--{option.name}", dest=f"opt_{option.name}", metavar=option.kind.upper(),
+                                help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
     return parser
+
+
+def _option_line(option) -> str:
+    """`    --name KIND  tooltip (default: value)` for the help epilog."""
+    text = "a picture file: white = 1" if option.kind == "mask" else option.tooltip
+    return f"      --{option.name} {option.kind.upper()}  {text} (default: {option.default})"
+
+
+def _epilog() -> str:
+    """Every preprocessor with its own options, their help and defaults (names may repeat across preprocessors)."""
+    lines = ["preprocessors and their own options:"]
+    for name in list_preprocessors():
+        spec = PREPROCESSORS[name]
+        lines.append(f"  {name:<18} {spec.description}")
+        lines += [_option_line(o) for o in spec.options]
+    return "\n".join(lines)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this torch cannot use, in one line (torch would raise deep inside the first tensor move)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as exc:
+        raise PreprocessError(f"--device {device!r} is not a torch device ({exc}); use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise PreprocessError(f"--device {device}: this torch has no usable CUDA device (torch "
+                              f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise PreprocessError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def check_target_size(options: dict) -> None:
+    """--target_width and --target_height go together (one alone would be ignored)."""
+    given = [n for n in ("target_width", "target_height") if n in options]
+    if len(given) == 1:
+        other = "target_height" if given[0] == "target_width" else "target_width"
+        raise PreprocessError(f"--{given[0]} needs --{other} too (the output size is width x height); give both, "
+                              "or --resolution for the short side")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +104,10 @@ def _run(args: argparse.Namespace) -> None:
     if stray:
         raise PreprocessError(f"{args.name} does not take --{', --'.join(stray)}; its options are "
                               f"{', '.join('--' + n for n in sorted(valid))}")
+    check_device(args.device)
+    check_target_size(options)
+    if args.name == "inpaint" and "mask" not in options:
+        raise PreprocessError("inpaint needs a mask: add --mask FILE (a picture: white = repaint, black = keep)")
     image = read_image(args.input, args.device)
     if "mask" in options:
         options["mask"] = read_image(options["mask"], args.device)[..., 0]  # (1, H, W) from the red/grey channel
@@ -103,7 +147,7 @@ def read_image(path: str, device: str = "cpu"):
 
 
 def write_image(image, path: str) -> None:
-    """(1, H, W, 3) in [0, 1] -> 8-bit PNG (values outside [0, 1], e.g. inpaint's -1, are clipped)."""
+    """(1, H, W, 3) in [0, 1] -> 8-bit picture, format from the extension (values outside [0, 1], e.g. inpaint's -1, are clipped)."""
     from PIL import Image
 
     from ._image import to_uint8
@@ -114,7 +158,10 @@ def write_image(image, path: str) -> None:
     out = Path(path)
     if out.parent and not out.parent.is_dir():
         raise PreprocessError(f"{path}: the folder {out.parent} does not exist")
-    Image.fromarray(pixels).save(out)
+    try:
+        Image.fromarray(pixels).save(out)
+    except (ValueError, KeyError) as exc:  # PIL: unknown extension
+        raise PreprocessError(f"{path}: cannot write this format ({exc}); use .png, .jpg or .webp") from None
 
 
 def write_keypoints(keypoints: list[dict], path: str) -> None:

@@ -205,7 +205,19 @@ def _from_pretrained(path: Path, task: str, dtype: torch.dtype) -> torch.nn.Modu
                               f"{examples}") from exc
     except OSError as exc:
         raise PreprocessError(f"could not read the {task} model in {path}: {exc}") from exc
-    return model.eval().requires_grad_(False)
+    return _own_memory(model).eval().requires_grad_(False)
+
+
+def _own_memory(model: torch.nn.Module) -> torch.nn.Module:
+    """Copy every weight off the file's memory map (transformers maps model.safetensors): a model file replaced or
+    truncated on disk later must not SIGBUS the process that holds the model."""
+    with torch.no_grad():
+        for module in model.modules():
+            for store in (module._parameters, module._buffers):
+                for name, tensor in store.items():
+                    if tensor is not None and tensor.device.type == "cpu":
+                        tensor.data = tensor.data.clone()
+    return model
 
 
 def run_model(model: torch.nn.Module, pixels: torch.Tensor, folder: Path | None):

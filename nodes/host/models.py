@@ -14,6 +14,7 @@ import torch
 
 import comfy.model_management
 import comfy.model_patcher
+import comfy.ops
 import comfy.utils
 import folder_paths
 
@@ -46,6 +47,16 @@ def controlnet_folders() -> list[str]:
 def controlnet_path(name: str) -> str:
     """Absolute path of a `controlnet` folder file; the host raises FileNotFoundError naming it when absent."""
     return folder_paths.get_full_path_or_raise(CONTROLNET_FOLDER, name)
+
+
+def controlnet_fingerprint(name: str) -> str:
+    """Size and modification time of a `controlnet` folder file ("missing" when gone): a file replaced, truncated
+    or deleted on disk makes the host run the loader again (and report the file) instead of reusing its cache."""
+    try:
+        stat = os.stat(controlnet_path(name))
+    except (FileNotFoundError, OSError):
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def preprocessor_folders() -> list[str]:
@@ -120,16 +131,38 @@ def store_narrow(net: torch.nn.Module, weight: torch.dtype, compute: torch.dtype
     return net
 
 
+def host_layer_classes() -> dict[type, type]:
+    """torch.nn layer -> the host's cast-on-read subclass (comfy/ops.py): same parameters and forward, plus the
+    `comfy_cast_weights` switch the host's ModelPatcher.load turns on for layers it leaves offloaded (low VRAM)."""
+    ops = comfy.ops.disable_weight_init
+    return {torch.nn.Linear: ops.Linear, torch.nn.Conv2d: ops.Conv2d, torch.nn.GroupNorm: ops.GroupNorm,
+            torch.nn.LayerNorm: ops.LayerNorm}
+
+
+def use_host_layers(net: torch.nn.Module) -> int:
+    """Re-class our plain Linear/Conv2d/GroupNorm/LayerNorm layers (exact types only) as the host's, in place, so
+    a partial load offloads them layer by layer and casts each on read; returns how many were converted."""
+    classes = host_layer_classes()
+    converted = 0
+    for module in net.modules():
+        host_class = classes.get(type(module))
+        if host_class is not None:
+            module.__class__ = host_class  # a subclass adding no state: parameters and forward unchanged
+            converted += 1
+    return converted
+
+
 def hold(net: torch.nn.Module, stored: torch.dtype, family: str) -> comfy.model_patcher.ModelPatcher:
     """Any control network of the core (ControlNet, union, T2I-Adapter, merged Control-LoRA...) under the host's
     model management: weights in the dtype the host picks (narrow ones cast on read), in a ModelPatcher that
-    loads and offloads them. The one place every kind goes through."""
+    loads and offloads them (layer by layer under a low-VRAM budget). The one place every kind goes through."""
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
     weight, compute = choose_dtypes(stored, family, load_device)
     if weight == compute:
         net = prepare_for_device(net, offload_device, compute)  # one cast at load, none per step
-    else:
+        use_host_layers(net)
+    else:  # fp8 kept narrow through a parametrization (whole-model load only; no per-layer offload)
         net = store_narrow(net, weight, compute)
     log.debug("holding a %s network: weights stored as %s, computing in %s", family, weight, compute)
     return comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)

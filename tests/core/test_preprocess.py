@@ -13,7 +13,7 @@ from controlnet_core.preprocess import (COMMON_OPTIONS, CHUNK_FRAMES, KINDS, PRE
                                         list_preprocessors, run)
 from controlnet_core.preprocess._image import check_image
 
-skimage_data = pytest.importorskip("skimage.data")
+import skimage.data as skimage_data  # noqa: E402  (a test dependency: missing it fails)
 
 ALGORITHMIC = [name for name, spec in PREPROCESSORS.items() if spec.model_folder is None and spec.net_folder is None]
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from controlnet_core.__main__ import main
 
-skimage_data = pytest.importorskip("skimage.data")
+import skimage.data as skimage_data  # noqa: E402  (a test dependency: missing fails)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 does not flicker (clip-level normalisation + per-frame scale/shift alignment)."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (a test dependency: missing it fails)
 
 from controlnet_core.errors import PreprocessError
 from controlnet_core.preprocess import ModelCache, run
@@ -21,7 +22,7 @@ from controlnet_core.preprocess.depth_anything import convert, load_original
 def original_vits(tmp_path_factory):
     """The original Depth Anything V2 Small module (the depth_anything_v2 package = the authors' code), its own
     random initialisation, saved as depth_anything_v2_vits.pth."""
-    dpt = pytest.importorskip("depth_anything_v2.dpt")
+    dpt = importlib.import_module("depth_anything_v2.dpt")
     torch.manual_seed(0)
     model = dpt.DepthAnythingV2(encoder="vits", features=64, out_channels=[48, 96, 192, 384]).eval()
     with torch.no_grad():  # layer scales start at 1e-5 in DINOv2: make the blocks matter

@@ -23,7 +23,7 @@ from controlnet_core.preprocess.nets.normalbae import NORMAL_BAE
 from controlnet_core.preprocess.nets.pidinet import PIDINET
 from controlnet_core.preprocess.nets.teed import TEED
 
-pytest.importorskip("controlnet_aux")
+import controlnet_aux  # noqa: E402,F401  (the reference: missing it fails)
 from tests.learned_nets import ALL, random_weights, reference_detector, save_upstream
 
 DISTINCT = tuple(a for a in ALL if a is not LINEART_COARSE)  # coarse has the realistic layout: only its name differs

@@ -1,4 +1,5 @@
 """Network preprocessors with tiny random transformers models saved to temporary folders (offline, no hub)."""
+import importlib
 import json
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (a test dependency: missing it fails)
 
 from controlnet_core.errors import PreprocessError  # noqa: E402
 from controlnet_core.preprocess import ModelCache, run  # noqa: E402
@@ -121,7 +122,7 @@ def test_depth_anything_runs_at_other_sizes_and_temporal_normalize_uses_the_batc
     (480, 640, 384, True, 32), (512, 768, 518, True, 14), (300, 451, 512, False, 1), (1080, 1920, 518, True, 14),
     (77, 50, 42, True, 14)])
 def test_input_spec_sizes_follow_the_transformers_processors(height, width, size, keep, multiple):
-    reference = pytest.importorskip("transformers.models.dpt.image_processing_pil_dpt").get_resize_output_image_size
+    reference = importlib.import_module("transformers.models.dpt.image_processing_pil_dpt").get_resize_output_image_size
     expected = reference(np.zeros((3, height, width)), (size, size), keep, multiple)
     spec = InputSpec(height=size, width=size, keep_aspect_ratio=keep, multiple=multiple)
     assert spec.output_size(height, width) == (expected.height, expected.width)
@@ -132,7 +133,7 @@ def test_shortest_edge_sizes():
 
 
 def test_prepare_pixels_agrees_with_the_transformers_image_processor():
-    pil_processor = pytest.importorskip("transformers.models.dpt.image_processing_pil_dpt")
+    pil_processor = importlib.import_module("transformers.models.dpt.image_processing_pil_dpt")
     processor = pil_processor.DPTImageProcessorPil(size={"height": 42, "width": 42}, keep_aspect_ratio=True,
                                                    ensure_multiple_of=14, resample=3, **IMAGENET)
     image = frames(1, 64, 96, seed=4)

@@ -88,4 +88,4 @@ def test_fp8_file_stays_fp8_and_matches_native(server, reference):
     ratio = effect_ratio(out["fp8_ours"], out["fp8_native"], reference["ref_none"])
     log.info("fp8 parity: |ours-native| / |native-none| = %.3g", ratio)
     assert ratio <= TOLERANCE
-    assert f"loaded {G.FP8}: sd1 full ControlNet, weights stored as torch.float8_e4m3fn" in server.log_tail(10**7)
+    # the stored dtype itself (fp8, not a log line) is asserted in test_model_management.py

@@ -1,6 +1,7 @@
 """The Preprocessor node on the real host: options reach the core, network weights load once, clear errors."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -30,7 +31,7 @@ def _saved_images(server, entry: dict) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def depth_model(server):
     """A tiny random DPT depth model in the host's models/controlnet_preprocessors/depth folder."""
-    transformers = pytest.importorskip("transformers")
+    transformers = importlib.import_module("transformers")
     torch.manual_seed(1)
     config = transformers.DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37,
                                     image_size=32, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
