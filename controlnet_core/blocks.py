@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .errors import CheckpointError
@@ -226,6 +227,13 @@ class TimestepEmbedSequential(nn.Sequential):
             else:
                 x = layer(x)
         return x
+
+
+def run_block(block: nn.Module, checkpointing: bool, *args) -> Tensor:
+    """`block(*args)`, recomputed in the backward pass when checkpointing (only while autograd records)."""
+    if checkpointing and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from .blocks import (
     make_middle_block,
     make_time_embed,
     make_transformer,
+    run_block,
     skip_channels,
     strip_prefix,
     timestep_embedding,
@@ -104,6 +105,7 @@ class ControlledUNet(nn.Module):
         self.output_blocks = make_output_blocks(config)
         self.out = nn.Sequential(GroupNorm32(32, config.model_channels), nn.SiLU(),
                                  nn.Conv2d(config.model_channels, config.out_channels, 3, padding=1))
+        self.gradient_checkpointing = False  # training only: recompute block activations in the backward pass
 
     def forward(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None,
                 control: Control | None = None) -> Tensor:
@@ -130,5 +132,6 @@ class ControlledUNet(nn.Module):
             if ctrl:
                 skip = _add(skip, ctrl["output"])  # residuals pair with skips deepest first
             h = torch.cat([h, skip], dim=1)  # (B, C + C_skip, H, W)
-            h = block(h, emb, context, hs[-1].shape[2:] if hs else None)  # (B, C', H', W')
+            size = hs[-1].shape[2:] if hs else None
+            h = run_block(block, self.gradient_checkpointing, h, emb, context, size)  # (B, C', H', W')
         return self.out(h)  # (B, out, h, w)
