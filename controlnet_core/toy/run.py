@@ -114,7 +114,7 @@ def sample(base: ToyBase, net: ControlNet | None, ev: EvalSet, *, prompted: bool
             control = net(x, ev.data.hint, t, ctx) if net is not None else None
             return base.unet(x, t, ctx, control=control)
 
-        out = ddim_sample(eps, ev.noise, TOY_SCHEDULE, steps).clamp(-1, 1)
+        out = ddim_sample(eps, ev.noise, TOY_SCHEDULE, steps, clip=1.0).clamp(-1, 1)
         if net is not None:
             net.train(was)
     return out

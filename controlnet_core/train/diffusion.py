@@ -51,8 +51,10 @@ def ddim_timesteps(steps: int, total: int) -> list[int]:
 
 
 @torch.no_grad()
-def ddim_sample(model: EpsModel, noise: Tensor, schedule: Schedule, steps: int = 10) -> Tensor:
-    """Deterministic DDIM (eta 0) from `noise` (B, C, h, w); returns x0 (B, C, h, w) (ldm `DDIMSampler`)."""
+def ddim_sample(model: EpsModel, noise: Tensor, schedule: Schedule, steps: int = 10,
+                clip: float | None = None) -> Tensor:
+    """Deterministic DDIM (eta 0) from `noise` (B, C, h, w); returns x0 (B, C, h, w) (ldm `DDIMSampler`).
+    `clip` bounds each x0 prediction (pixel-space models: 1.0, DDPM's clip_denoised); ε is re-derived from it."""
     ac = schedule.alphas_cumprod()
     ts = ddim_timesteps(steps, schedule.steps)
     x = noise
@@ -61,5 +63,8 @@ def ddim_sample(model: EpsModel, noise: Tensor, schedule: Schedule, steps: int =
         a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         eps = model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)).float()  # (B, C, h, w)
         x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
+            eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5
         x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
     return x
