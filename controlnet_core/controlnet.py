@@ -55,6 +55,7 @@ class ControlNetConfig:
     use_linear_in_transformer: bool = False
     adm_in_channels: int | None = None  # 2816 for SDXL
     hint_widths: tuple[int, ...] = HINT_WIDTHS  # hint-encoder conv widths; a width change is a stride-2 conv
+    norm_groups: int = 32  # GroupNorm groups; every SD model uses 32 (not derivable from weights)
 
     def __post_init__(self) -> None:
         if not self.hint_widths:
@@ -189,12 +190,13 @@ class ControlNet(nn.Module):
 
 
 def create_controlnet_from_unet(unet_state_dict: Mapping[str, Tensor], *, hint_channels: int = 3,
-                                dtype: torch.dtype | None = None,
-                                hint_widths: tuple[int, ...] = HINT_WIDTHS) -> ControlNet:
+                                dtype: torch.dtype | None = None, hint_widths: tuple[int, ...] = HINT_WIDTHS,
+                                norm_groups: int = 32) -> ControlNet:
     """Paper §3.2 trainable copy (`tool_add_control.py`): encoder weights copied, zero convs and hint conv 14 zero."""
     unet_sd = strip_prefix(unet_state_dict, UNET_PREFIXES)
     enc = encoder_fields(unet_sd, "U-Net state dict")
-    config = ControlNetConfig(hint_channels=hint_channels, hint_widths=hint_widths, **{f.name: getattr(enc, f.name) for f in fields(enc)})
+    config = ControlNetConfig(hint_channels=hint_channels, hint_widths=hint_widths, norm_groups=norm_groups,
+                              **{f.name: getattr(enc, f.name) for f in fields(enc)})
     net = ControlNet(config)
     own = net.state_dict()
     copied = {k for k in own if k.split(".", 1)[0] in ("time_embed", "label_emb", "input_blocks", "middle_block")}

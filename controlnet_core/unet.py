@@ -32,7 +32,6 @@ from .blocks import (
 )
 from .errors import CheckpointError, ControlNetError
 
-
 Control = Mapping[str, Sequence[Tensor | None]]
 
 
@@ -52,6 +51,7 @@ class UNetConfig:
     num_head_channels: int = -1
     use_linear_in_transformer: bool = False
     adm_in_channels: int | None = None
+    norm_groups: int = 32  # GroupNorm groups; every SD model uses 32
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], *, source: str = "U-Net state dict") -> UNetConfig:
@@ -74,7 +74,7 @@ def make_output_blocks(cfg: UNetConfig) -> nn.ModuleList:
     for level in reversed(range(len(cfg.channel_mult))):
         width = mc * cfg.channel_mult[level]
         for i in range(cfg.num_res_blocks + 1):
-            layers: list[nn.Module] = [ResBlock(ch + skips.pop(), emb_dim, width)]
+            layers: list[nn.Module] = [ResBlock(ch + skips.pop(), emb_dim, width, groups=cfg.norm_groups)]
             ch = width
             if cfg.transformer_depth[level] > 0:
                 layers.append(make_transformer(ch, cfg.transformer_depth[level], cfg))
@@ -103,7 +103,7 @@ class ControlledUNet(nn.Module):
         self.input_blocks = make_input_blocks(config)
         self.middle_block = make_middle_block(config)
         self.output_blocks = make_output_blocks(config)
-        self.out = nn.Sequential(GroupNorm32(32, config.model_channels), nn.SiLU(),
+        self.out = nn.Sequential(GroupNorm32(config.norm_groups, config.model_channels), nn.SiLU(),
                                  nn.Conv2d(config.model_channels, config.out_channels, 3, padding=1))
         self.gradient_checkpointing = False  # training only: recompute block activations in the backward pass
 

@@ -28,7 +28,7 @@ def train_base(steps: int = 4000, batch: int = 32, lr: float = 1e-3, seed: int =
     base = build_base(seed)
     params = [*base.unet.parameters(), *base.text.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    warm = lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warm)
     ema = copy.deepcopy(base)
     gen = torch.Generator().manual_seed(seed)

@@ -1,6 +1,6 @@
 """The toy's tiny base: the production `ControlledUNet` at 16 px in pixel space, with a 2-token colour "text encoder".
 
-Width 32 at 16/8/4 px, one ResBlock per level, cross-attention (context 32) at 4 px and in the middle;
+Width 32 at 16/8/4 px, GroupNorm(8), one ResBlock per level, cross-attention (context 32) at 4 px and in the middle;
 the text encoder is a learned embedding of the 8 colours + the empty prompt, trained with the base and then frozen.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ BASE_PATH = Path(__file__).with_name("base.safetensors")
 CONTEXT_DIM = 32
 TOY_UNET = UNetConfig(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 1, 1), num_res_blocks=1,
                       transformer_depth=(0, 0, 1), transformer_depth_middle=1, context_dim=CONTEXT_DIM,
-                      num_heads=-1, num_head_channels=32)
+                      num_heads=-1, num_head_channels=32, norm_groups=8)
 TOY_HINT_WIDTHS = (16, 16)  # no stride-2 conv: the toy's hint is at the "latent" (pixel) size
 
 
@@ -30,7 +30,7 @@ def toy_controlnet_config(unet: UNetConfig = TOY_UNET) -> ControlNetConfig:
     """ControlNetConfig matching the toy base's encoder."""
     keys = ("in_channels", "model_channels", "channel_mult", "num_res_blocks", "transformer_depth",
             "transformer_depth_middle", "context_dim", "num_heads", "num_head_channels", "use_linear_in_transformer",
-            "adm_in_channels")
+            "adm_in_channels", "norm_groups")
     return ControlNetConfig(hint_channels=3, hint_widths=TOY_HINT_WIDTHS, **{k: getattr(unet, k) for k in keys})
 
 

@@ -18,7 +18,7 @@ from ..train.diffusion import TOY_SCHEDULE, ddim_sample
 from ..train.metrics import edge_f1, iou, mask_edges, ssim
 from ..train.recipe import Batch, TrainConfig, Trainer
 from .data import NULL_TOKEN, CircleBatch, fill_circles
-from .model import TOY_HINT_WIDTHS, ToyBase, load_base
+from .model import TOY_HINT_WIDTHS, TOY_UNET, ToyBase, load_base
 
 log = logging.getLogger(__name__)
 TOY_RECIPE = TrainConfig(lr=3e-4, batch_size=32, weight_decay=0.0, prompt_drop=0.5, schedule=TOY_SCHEDULE)
@@ -56,7 +56,8 @@ def make_controlnet(base: ToyBase, init: str = "zero", seed: int = 0) -> Control
     last conv with PyTorch's default (the paper's §4.2 "standard convolution" ablation)."""
     with torch.random.fork_rng(devices=[]):  # seeded hint-encoder init; the caller's global RNG is left alone
         torch.manual_seed(seed)
-        net = create_controlnet_from_unet(base.unet.state_dict(), hint_widths=TOY_HINT_WIDTHS)
+        net = create_controlnet_from_unet(base.unet.state_dict(), hint_widths=TOY_HINT_WIDTHS,
+                                          norm_groups=TOY_UNET.norm_groups)
         if init == "ordinary":
             _reinit(net)
     if init not in ("zero", "ordinary"):
@@ -162,3 +163,33 @@ def advance(run: ToyRun, steps: int, *, eval_every: int = 0, ev: EvalSet | None 
 
 def recipe(**changes) -> TrainConfig:
     return replace(TOY_RECIPE, **changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m controlnet_core.toy.run --init zero --steps 600 --json curve.json`: one measured curve."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--init", choices=("zero", "ordinary"), default="zero")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--lr", type=float, default=TOY_RECIPE.lr)
+    ap.add_argument("--prompt-drop", type=float, default=TOY_RECIPE.prompt_drop)
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(1)
+    ev = EvalSet.make()
+    begin = time.perf_counter()
+    run = advance(start(recipe(lr=args.lr, prompt_drop=args.prompt_drop), init=args.init), args.steps,
+                  eval_every=args.eval_every, ev=ev)
+    empty = evaluate(run.base, run.trainer.controlnet, ev, prompted=False)
+    with open(args.json, "w") as f:
+        json.dump({"args": vars(args), "curve": run.curve, "empty_prompt": empty,
+                   "seconds": time.perf_counter() - begin}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,7 +35,7 @@ def edge_f1(pred: Tensor, true: Tensor, tolerance: int = 1) -> Tensor:
 def ssim(a: Tensor, b: Tensor, window: int = 7, data_range: float = 2.0) -> Tensor:
     """Mean SSIM (Wang et al. 2004, uniform window) of images (B, C, H, W) -> (B,)."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    pool = lambda x: F.avg_pool2d(x, window, 1, window // 2, count_include_pad=False)  # noqa: E731
+    pool = lambda x: F.avg_pool2d(x, window, 1, window // 2, count_include_pad=False)
     mu_a, mu_b = pool(a), pool(b)
     var_a, var_b = pool(a * a) - mu_a ** 2, pool(b * b) - mu_b ** 2
     cov = pool(a * b) - mu_a * mu_b

@@ -10,7 +10,12 @@ import torch
 from PIL import Image
 
 from controlnet_core.toy.data import fill_circles
-from controlnet_core.train.data import PairedDataset, PromptCache, read_fill50k, read_paired_folders
+from controlnet_core.train.data import (
+    PairedDataset,
+    PromptCache,
+    read_fill50k,
+    read_paired_folders,
+)
 
 
 def write_png(path, chw01: torch.Tensor) -> None:
