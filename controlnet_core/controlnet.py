@@ -104,9 +104,11 @@ class ControlNetConfig:
 
 
 def hint_widths_from_keys(ldm_sd: Mapping[str, Tensor]) -> tuple[int, ...]:
-    """Output widths of the hint encoder's convs before its last (zero) conv: `input_hint_block.{0,2,..}.weight`."""
+    """Output widths of the hint encoder's convs before its last (zero) conv: `input_hint_block.{0,2,..}.weight`;
+    the cldm.py widths when too few are there (the strict key check then names the missing ones)."""
     idx = sorted(int(k.split(".")[1]) for k in ldm_sd if k.startswith("input_hint_block.") and k.endswith(".weight"))
-    return tuple(int(ldm_sd[f"input_hint_block.{i}.weight"].shape[0]) for i in idx[:-1])
+    widths = tuple(int(ldm_sd[f"input_hint_block.{i}.weight"].shape[0]) for i in idx[:-1])
+    return widths or HINT_WIDTHS
 
 
 def hint_strides(widths: tuple[int, ...]) -> tuple[int, ...]:

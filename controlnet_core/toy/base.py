@@ -1,7 +1,7 @@
 """Train the toy base U-Net (ε-MSE, DDPM linear schedule) on fill-circles and write its EMA weights.
 
 `python -m controlnet_core.toy.base --out controlnet_core/toy/base.safetensors` remakes the committed file
-(4,000 steps, AdamW lr 1e-3 with 100 warm-up steps and cosine decay, clip 1.0, EMA 0.995, batch 32, 10 % empty prompts so the empty prompt is a
+(3,000 steps, AdamW lr 1e-3 with 100 warm-up steps and cosine decay, clip 1.0, EMA 0.995, batch 32, 10 % empty prompts so the empty prompt is a
 valid input as in SD; seed 0; one thread).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .model import ToyBase, build_base, save_base
 log = logging.getLogger(__name__)
 
 
-def train_base(steps: int = 4000, batch: int = 32, lr: float = 1e-3, seed: int = 0) -> ToyBase:
+def train_base(steps: int = 3000, batch: int = 32, lr: float = 1e-3, seed: int = 0) -> ToyBase:
     """The base's own training loop (not the ControlNet recipe); returns the EMA model."""
     base = build_base(seed)
     params = [*base.unet.parameters(), *base.text.parameters()]
@@ -57,7 +57,7 @@ def train_base(steps: int = 4000, batch: int = 32, lr: float = 1e-3, seed: int =
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -140,16 +140,48 @@ def test_resume_equals_an_uninterrupted_run(base, tmp_path, changes):
 def test_saved_file_loads_in_our_loader_with_its_training_config(base, tmp_path):
     run = toy.advance(toy.start(SMALL, base=base), 2)
     path = tmp_path / "toy_controlnet.safetensors"
-    save_trained(run.trainer.controlnet_weights(), path, training_metadata(SMALL, run.trainer.step))
-    loaded = load_controlnet(path)
-    assert loaded.config == run.trainer.controlnet.config  # hint widths derived from the keys
-    x, hint = torch.randn(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
-    t, ctx = torch.tensor([10, 500]), torch.randn(2, 2, 32)
-    with torch.no_grad():
-        ours, theirs = run.trainer.controlnet.eval()(x, hint, t, ctx), loaded(x, hint, t, ctx)
-    assert all(torch.equal(a, b) for a, b in zip(ours["output"] + ours["middle"], theirs["output"] + theirs["middle"]))
+    config = run.trainer.controlnet.config
+    save_trained(run.trainer.controlnet_weights(), path,
+                 training_metadata(SMALL, run.trainer.step, norm_groups=config.norm_groups))
+    loaded = load_controlnet(path)  # strict: every key and shape checked
+    # hint widths are derived from the keys; GroupNorm groups cannot be (the toy's 8 travel in the metadata)
+    assert loaded.config == dataclasses.replace(config, norm_groups=32)
+    ours = run.trainer.controlnet.state_dict()
+    assert all(torch.equal(v, ours[k]) for k, v in loaded.state_dict().items())
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     assert meta["controlnet_core.steps"] == "2" and '"lr": 0.001' in meta["controlnet_core.train_config"]
+    assert meta["controlnet_core.norm_groups"] == "8"
+
+
+def test_sd_layout_training_round_trips_through_ldm_and_diffusers_files(tmp_path):
+    """A small SD-architecture U-Net (cldm.py hint encoder, 8x latent): train 2 steps, write both layouts, reload."""
+    from controlnet_core.controlnet import create_controlnet_from_unet
+    from controlnet_core.train.recipe import Batch, TrainConfig, Trainer
+    from controlnet_core.unet import ControlledUNet, UNetConfig
+
+    torch.manual_seed(0)
+    unet = ControlledUNet(UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                                     transformer_depth=(1, 1), context_dim=64, num_heads=2))
+    net = create_controlnet_from_unet(unet.state_dict())
+    config = TrainConfig(batch_size=2, lr=1e-3)
+    trainer = Trainer(unet, net, config, torch.zeros(1, 5, 64))
+    g = torch.Generator().manual_seed(1)
+    batch = Batch(torch.randn(2, 4, 8, 8, generator=g), torch.rand(2, 3, 64, 64, generator=g),
+                  torch.randn(2, 5, 64, generator=g))
+    for _ in range(2):
+        trainer.train_step([batch])
+    weights = trainer.controlnet_weights()
+    assert weights["zero_convs.0.0.weight"].abs().max() > 0
+    meta = training_metadata(config, trainer.step)
+    ldm = save_trained(weights, tmp_path / "cn.safetensors", meta)[0]
+    diffusers = save_trained(weights, tmp_path / "cn_diffusers", meta, layout="diffusers", net_config=net.config)[0]
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([300])
+    with torch.no_grad():
+        ref = net.eval()(x, batch.hint[:1], t, batch.context[:1])
+        for path in (ldm, diffusers.parent):
+            got = load_controlnet(path)(x, batch.hint[:1], t, batch.context[:1])
+            for a, b in zip(ref["output"] + ref["middle"], got["output"] + got["middle"]):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
