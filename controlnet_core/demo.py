@@ -99,7 +99,8 @@ def _picture(hints: Tensor, targets: Tensor, plain: Tensor, controlled: Tensor, 
     height = TEXT_H * 2 + PAD + sum(TEXT_H + r.height + PAD for _, r in rows) + CURVE_H + PAD
     canvas = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(canvas)
-    d.text((PAD, PAD), title, fill=(0, 0, 0))
+    for i, line in enumerate(title.split("\n")):
+        d.text((PAD, PAD + i * 14), line, fill=(0, 0, 0))
     y = TEXT_H * 2 + PAD
     for label, row in rows:
         d.text((PAD, y), label, fill=(0, 0, 0))
@@ -130,8 +131,8 @@ def run_demo(out: Path | str, settings: DemoSettings = DemoSettings()) -> DemoRe
         empty = toy.sample(run.base, net, ev, prompted=False)
         empty_metrics = toy.evaluate(run.base, net, ev, prompted=False)
     result = DemoResult(out, run.curve, empty_metrics, seconds)
-    title = (f"ControlNet trained on this CPU from the toy base: {result.summary} "
-             f"(lr {settings.lr:g}, batch 32, 50 % prompt drop); empty prompt IoU {empty_metrics['iou']:.2f}")
+    title = (f"ControlNet trained on this CPU from the toy base: {result.summary}\n"
+             f"lr {settings.lr:g}, batch 32, 50 % prompt drop; empty-prompt IoU {empty_metrics['iou']:.2f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     _picture(ev.data.hint, ev.data.target, plain, controlled, empty, run.curve, title).save(out)
     logger.info("wrote %s (%s)", out, result.summary)
