@@ -2,7 +2,7 @@
 # make test-host — creates .venv-host (the host's own interpreter: torch + torchvision, ComfyUI's requirements
 #                  without torchaudio, requests, this pack's requirements.txt) and runs tests/host against the real
 #                  ComfyUI at COMFYUI_PATH (default ../shared/comfyui/ComfyUI); a skipped host test fails the run.
-# make demo      — runs the main job on its embedded default and writes demo/controlnet_demo.png;
+# make demo      — trains the toy ControlNet from the committed base (~1.5 min) and writes demo/controlnet_demo.png;
 #                  with COMFYUI_PATH set it also queues workflows/api/*.json in the real host (demo/host/).
 # make bench     — side-by-side cost ratios (set COMFYUI_PATH to include the host's native ControlNet).
 # make test-browser — the real editor in Debian's Chromium (apt-get install chromium when missing; Playwright's

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .errors import CheckpointError
@@ -44,9 +45,9 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
 
 
-def normalization(channels: int, eps: float = 1e-5) -> GroupNorm32:
-    """32-group norm used by every ResBlock (eps 1e-5) and SpatialTransformer (eps 1e-6)."""
-    return GroupNorm32(32, channels, eps=eps)
+def normalization(channels: int, eps: float = 1e-5, groups: int = 32) -> GroupNorm32:
+    """32-group norm used by every ResBlock (eps 1e-5) and SpatialTransformer (eps 1e-6); `groups` for tiny nets."""
+    return GroupNorm32(groups, channels, eps=eps)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -64,13 +65,14 @@ class TimestepBlock(nn.Module):
 class ResBlock(TimestepBlock):
     """ldm ResBlock without scale-shift norm or up/down sampling (openaimodel.py `ResBlock`, SD configuration)."""
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int | None = None, dropout: float = 0.0):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int | None = None, dropout: float = 0.0,
+                 groups: int = 32):
         super().__init__()
         out_channels = out_channels or channels
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
+        self.in_layers = nn.Sequential(normalization(channels, groups=groups), nn.SiLU(),
                                        nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
-        self.out_layers = nn.Sequential(normalization(out_channels), nn.SiLU(), nn.Dropout(dropout),
+        self.out_layers = nn.Sequential(normalization(out_channels, groups=groups), nn.SiLU(), nn.Dropout(dropout),
                                         nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
@@ -155,11 +157,11 @@ class SpatialTransformer(nn.Module):
     """Image-to-token transformer with conv1x1 or Linear projections (attention.py `SpatialTransformer`)."""
 
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int | None,
-                 use_linear: bool):
+                 use_linear: bool, groups: int = 32):
         super().__init__()
         inner = heads * dim_head
         self.use_linear = use_linear
-        self.norm = normalization(channels, eps=1e-6)
+        self.norm = normalization(channels, eps=1e-6, groups=groups)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth))
@@ -228,6 +230,13 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
+def run_block(block: nn.Module, checkpointing: bool, *args) -> Tensor:
+    """`block(*args)`, recomputed in the backward pass when checkpointing (only while autograd records)."""
+    if checkpointing and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The shared encoder (time embedding, input blocks, middle block): built once here for the ControlNet and the U-Net
 # ---------------------------------------------------------------------------------------------------------------------
@@ -247,6 +256,7 @@ class EncoderShape(Protocol):
     num_head_channels: int
     use_linear_in_transformer: bool
     adm_in_channels: int | None
+    norm_groups: int  # GroupNorm groups (32 in every SD model; tiny nets need fewer)
 
 
 def attention_heads(channels: int, cfg: EncoderShape) -> tuple[int, int]:
@@ -258,7 +268,8 @@ def attention_heads(channels: int, cfg: EncoderShape) -> tuple[int, int]:
 def make_transformer(channels: int, depth: int, cfg: EncoderShape) -> SpatialTransformer:
     """SpatialTransformer at a width with the config's heads, context and projection kind."""
     heads, dim_head = attention_heads(channels, cfg)
-    return SpatialTransformer(channels, heads, dim_head, depth, cfg.context_dim, cfg.use_linear_in_transformer)
+    return SpatialTransformer(channels, heads, dim_head, depth, cfg.context_dim, cfg.use_linear_in_transformer,
+                              cfg.norm_groups)
 
 
 def make_time_embed(cfg: EncoderShape) -> nn.Sequential:
@@ -293,7 +304,7 @@ def make_input_blocks(cfg: EncoderShape) -> nn.ModuleList:
     ch = mc
     for level, mult in enumerate(cfg.channel_mult):
         for _ in range(cfg.num_res_blocks):
-            layers: list[nn.Module] = [ResBlock(ch, emb_dim, mc * mult)]
+            layers: list[nn.Module] = [ResBlock(ch, emb_dim, mc * mult, groups=cfg.norm_groups)]
             ch = mc * mult
             if cfg.transformer_depth[level] > 0:
                 layers.append(make_transformer(ch, cfg.transformer_depth[level], cfg))
@@ -307,9 +318,10 @@ def make_middle_block(cfg: EncoderShape) -> TimestepEmbedSequential:
     """`middle_block`: ResBlock, transformer (depth may be 0), ResBlock; a lone ResBlock when depth is -1."""
     ch, emb_dim = cfg.model_channels * cfg.channel_mult[-1], 4 * cfg.model_channels
     if cfg.transformer_depth_middle < 0:
-        return TimestepEmbedSequential(ResBlock(ch, emb_dim))
-    return TimestepEmbedSequential(ResBlock(ch, emb_dim), make_transformer(ch, cfg.transformer_depth_middle, cfg),
-                                   ResBlock(ch, emb_dim))
+        return TimestepEmbedSequential(ResBlock(ch, emb_dim, groups=cfg.norm_groups))
+    return TimestepEmbedSequential(ResBlock(ch, emb_dim, groups=cfg.norm_groups),
+                                   make_transformer(ch, cfg.transformer_depth_middle, cfg),
+                                   ResBlock(ch, emb_dim, groups=cfg.norm_groups))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from .blocks import (
     make_label_emb,
     make_middle_block,
     make_time_embed,
+    run_block,
     skip_channels,
     strip_prefix,
     timestep_embedding,
@@ -53,8 +54,12 @@ class ControlNetConfig:
     num_head_channels: int = -1  # when != -1 it wins over num_heads (ldm rule)
     use_linear_in_transformer: bool = False
     adm_in_channels: int | None = None  # 2816 for SDXL
+    hint_widths: tuple[int, ...] = HINT_WIDTHS  # hint-encoder conv widths; a width change is a stride-2 conv
+    norm_groups: int = 32  # GroupNorm groups; every SD model uses 32 (not derivable from weights)
 
     def __post_init__(self) -> None:
+        if not self.hint_widths:
+            raise ControlNetError("ControlNetConfig: hint_widths needs at least one conv width, e.g. (16, 16, 32).")
         if len(self.transformer_depth) != len(self.channel_mult):
             raise ControlNetError(f"ControlNetConfig: transformer_depth {self.transformer_depth} needs one entry per "
                                   f"level of channel_mult {self.channel_mult}.")
@@ -94,14 +99,30 @@ class ControlNetConfig:
                                   "controlnet_core.to_ldm(state_dict) first.")
         enc = encoder_fields(ldm_sd, source)
         return cls(hint_channels=int(ldm_sd["input_hint_block.0.weight"].shape[1]),
+                   hint_widths=hint_widths_from_keys(ldm_sd),
                    **{f.name: getattr(enc, f.name) for f in fields(enc)})
 
 
-def make_hint_block(hint_channels: int, model_channels: int) -> nn.Sequential:
-    """`input_hint_block`: 7 SiLU-activated 3x3 convs (three stride 2), then a zero 3x3 conv to the model width."""
+def hint_widths_from_keys(ldm_sd: Mapping[str, Tensor]) -> tuple[int, ...]:
+    """Output widths of the hint encoder's convs before its last (zero) conv: `input_hint_block.{0,2,..}.weight`;
+    the cldm.py widths when too few are there (the strict key check then names the missing ones)."""
+    idx = sorted(int(k.split(".")[1]) for k in ldm_sd if k.startswith("input_hint_block.") and k.endswith(".weight"))
+    widths = tuple(int(ldm_sd[f"input_hint_block.{i}.weight"].shape[0]) for i in idx[:-1])
+    return widths or HINT_WIDTHS
+
+
+def hint_strides(widths: tuple[int, ...]) -> tuple[int, ...]:
+    """Stride 2 where the width changes (cldm.py: 16,16,32,32,96,96,256 -> 1,1,2,1,2,1,2), else 1."""
+    return tuple(1 if i == 0 or w == widths[i - 1] else 2 for i, w in enumerate(widths))
+
+
+def make_hint_block(hint_channels: int, model_channels: int,
+                    widths: tuple[int, ...] = HINT_WIDTHS) -> nn.Sequential:
+    """`input_hint_block`: SiLU-activated 3x3 convs (stride 2 where the width changes), then a zero 3x3 conv to the
+    model width; the default is cldm.py's 7 convs, three of stride 2 (hint 8x the latent)."""
     layers: list[nn.Module] = []
     cin = hint_channels
-    for cout, stride in zip(HINT_WIDTHS, HINT_STRIDES):
+    for cout, stride in zip(widths, hint_strides(widths)):
         layers += [nn.Conv2d(cin, cout, 3, padding=1, stride=stride), nn.SiLU()]
         cin = cout
     layers.append(zero_module(nn.Conv2d(cin, model_channels, 3, padding=1)))
@@ -121,11 +142,12 @@ class ControlNet(nn.Module):
         self.config = config
         self.time_embed = make_time_embed(config)
         self.label_emb = make_label_emb(config)
-        self.input_hint_block = make_hint_block(config.hint_channels, config.model_channels)
+        self.input_hint_block = make_hint_block(config.hint_channels, config.model_channels, config.hint_widths)
         self.input_blocks = make_input_blocks(config)
         self.zero_convs = nn.ModuleList(make_zero_conv(c) for c in skip_channels(config))
         self.middle_block = make_middle_block(config)
         self.middle_block_out = make_zero_conv(config.residual_channels[-1])
+        self.gradient_checkpointing = False  # training only: recompute block activations in the backward pass
 
     @property
     def dtype(self) -> torch.dtype:
@@ -164,20 +186,22 @@ class ControlNet(nn.Module):
         outputs = []
         h = x
         for i, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
-            h = block(h, emb, context)  # (B, C_i, H_i, W_i)
+            h = run_block(block, self.gradient_checkpointing, h, emb, context)  # (B, C_i, H_i, W_i)
             if i == 0:
                 h += guided_hint.to(h.dtype)  # (B, mc, h, w): added once, to conv_in's output (in place: no copy)
             outputs.append(zero_conv(h))  # (B, C_i, H_i, W_i)
-        h = self.middle_block(h, emb, context)  # (B, C_mid, H_mid, W_mid)
+        h = run_block(self.middle_block, self.gradient_checkpointing, h, emb, context)  # (B, C_mid, H_mid, W_mid)
         return {"output": outputs, "middle": [self.middle_block_out(h)]}
 
 
 def create_controlnet_from_unet(unet_state_dict: Mapping[str, Tensor], *, hint_channels: int = 3,
-                                dtype: torch.dtype | None = None) -> ControlNet:
+                                dtype: torch.dtype | None = None, hint_widths: tuple[int, ...] = HINT_WIDTHS,
+                                norm_groups: int = 32) -> ControlNet:
     """Paper §3.2 trainable copy (`tool_add_control.py`): encoder weights copied, zero convs and hint conv 14 zero."""
     unet_sd = strip_prefix(unet_state_dict, UNET_PREFIXES)
     enc = encoder_fields(unet_sd, "U-Net state dict")
-    config = ControlNetConfig(hint_channels=hint_channels, **{f.name: getattr(enc, f.name) for f in fields(enc)})
+    config = ControlNetConfig(hint_channels=hint_channels, hint_widths=hint_widths, norm_groups=norm_groups,
+                              **{f.name: getattr(enc, f.name) for f in fields(enc)})
     net = ControlNet(config)
     own = net.state_dict()
     copied = {k for k in own if k.split(".", 1)[0] in ("time_embed", "label_emb", "input_blocks", "middle_block")}

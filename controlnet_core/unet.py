@@ -25,12 +25,12 @@ from .blocks import (
     make_middle_block,
     make_time_embed,
     make_transformer,
+    run_block,
     skip_channels,
     strip_prefix,
     timestep_embedding,
 )
 from .errors import CheckpointError, ControlNetError
-
 
 Control = Mapping[str, Sequence[Tensor | None]]
 
@@ -51,6 +51,7 @@ class UNetConfig:
     num_head_channels: int = -1
     use_linear_in_transformer: bool = False
     adm_in_channels: int | None = None
+    norm_groups: int = 32  # GroupNorm groups; every SD model uses 32
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], *, source: str = "U-Net state dict") -> UNetConfig:
@@ -73,7 +74,7 @@ def make_output_blocks(cfg: UNetConfig) -> nn.ModuleList:
     for level in reversed(range(len(cfg.channel_mult))):
         width = mc * cfg.channel_mult[level]
         for i in range(cfg.num_res_blocks + 1):
-            layers: list[nn.Module] = [ResBlock(ch + skips.pop(), emb_dim, width)]
+            layers: list[nn.Module] = [ResBlock(ch + skips.pop(), emb_dim, width, groups=cfg.norm_groups)]
             ch = width
             if cfg.transformer_depth[level] > 0:
                 layers.append(make_transformer(ch, cfg.transformer_depth[level], cfg))
@@ -102,8 +103,9 @@ class ControlledUNet(nn.Module):
         self.input_blocks = make_input_blocks(config)
         self.middle_block = make_middle_block(config)
         self.output_blocks = make_output_blocks(config)
-        self.out = nn.Sequential(GroupNorm32(32, config.model_channels), nn.SiLU(),
+        self.out = nn.Sequential(GroupNorm32(config.norm_groups, config.model_channels), nn.SiLU(),
                                  nn.Conv2d(config.model_channels, config.out_channels, 3, padding=1))
+        self.gradient_checkpointing = False  # training only: recompute block activations in the backward pass
 
     def forward(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None,
                 control: Control | None = None) -> Tensor:
@@ -130,5 +132,6 @@ class ControlledUNet(nn.Module):
             if ctrl:
                 skip = _add(skip, ctrl["output"])  # residuals pair with skips deepest first
             h = torch.cat([h, skip], dim=1)  # (B, C + C_skip, H, W)
-            h = block(h, emb, context, hs[-1].shape[2:] if hs else None)  # (B, C', H', W')
+            size = hs[-1].shape[2:] if hs else None
+            h = run_block(block, self.gradient_checkpointing, h, emb, context, size)  # (B, C', H', W')
         return self.out(h)  # (B, out, h, w)

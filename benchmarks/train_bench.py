@@ -1,0 +1,134 @@
+"""Training step time and peak memory: ours vs diffusers ControlNetModel + UNet2DConditionModel doing the same update.
+
+    python -m benchmarks.train_bench [--steps 3] [--threads 1]
+
+SD1.5 architecture, random fp32 weights, 256x256 image (32x32 latent), batch 1, AdamW lr 1e-5 on the ControlNet
+only, the U-Net frozen, ε-MSE. Each configuration runs in a fresh subprocess: one warm-up step (Adam's state is
+allocated there), then `--steps` timed steps (median); peak memory is the peak resident set during the timed steps
+(VmHWM reset after the warm-up), also given above the resident set at the reset (what the step itself adds:
+activations + gradients). Checkpointing: ours sets TrainConfig.gradient_checkpointing (ControlNet + U-Net blocks),
+diffusers `enable_gradient_checkpointing()` on both models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+LATENT, CONTEXT = 32, 77
+
+
+def rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(1, 4, LATENT, LATENT, generator=g), torch.rand(1, 3, 8 * LATENT, 8 * LATENT, generator=g),
+            torch.randn(1, CONTEXT, 768, generator=g))
+
+
+def ours_step(checkpointing: bool):
+    from controlnet_core.controlnet import create_controlnet_from_unet
+    from controlnet_core.train.recipe import Batch, TrainConfig, Trainer
+    from controlnet_core.unet import ControlledUNet, UNetConfig
+
+    torch.manual_seed(0)
+    unet = ControlledUNet(UNetConfig())
+    net = create_controlnet_from_unet(unet.state_dict())
+    x0, hint, ctx = inputs()
+    trainer = Trainer(unet, net, TrainConfig(batch_size=1, prompt_drop=0.0, gradient_checkpointing=checkpointing),
+                      torch.zeros(1, CONTEXT, 768))
+    return lambda: trainer.train_step([Batch(x0, hint, ctx)])
+
+
+def diffusers_step(checkpointing: bool):
+    from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=LATENT, cross_attention_dim=768, attention_head_dim=8)
+    net = ControlNetModel.from_unet(unet)
+    unet.requires_grad_(False)
+    net.train()
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+        net.enable_gradient_checkpointing()
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    x0, hint, ctx = inputs()
+    g = torch.Generator().manual_seed(1)
+
+    def step():
+        t = torch.randint(0, 1000, (1,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        x_t = sched.add_noise(x0, noise, t)
+        down, mid = net(x_t, t, encoder_hidden_states=ctx, controlnet_cond=hint, return_dict=False)
+        eps = unet(x_t, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                   mid_block_additional_residual=mid).sample
+        loss = F.mse_loss(eps.float(), noise)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def child(side: str, checkpointing: bool, steps: int) -> dict:
+    step = (ours_step if side == "ours" else diffusers_step)(checkpointing)
+    step()  # warm-up: Adam state allocated
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    base = rss_mb("VmRSS")
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak = rss_mb("VmHWM")
+    return {"side": side, "checkpointing": checkpointing, "step_s": statistics.median(times), "times": times,
+            "peak_mb": peak, "step_mb": peak - base}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--child", nargs=2, metavar=("SIDE", "CKPT"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child(args.child[0], args.child[1] == "1", args.steps)))
+        return 0
+    rows = []
+    for side in ("ours", "diffusers"):
+        for ckpt in (False, True):
+            out = subprocess.run([sys.executable, "-m", "benchmarks.train_bench", "--steps", str(args.steps),
+                                  "--threads", str(args.threads), "--child", side, str(int(ckpt))],
+                                 capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    by = {(r["side"], r["checkpointing"]): r for r in rows}
+    lines = ["| side | checkpointing | step s (median) | peak RSS MiB | added by the step MiB |", "|---|---|---|---|---|"]
+    lines += [f"| {r['side']} | {r['checkpointing']} | {r['step_s']:.2f} | {r['peak_mb']:.0f} | {r['step_mb']:.0f} |"
+              for r in rows]
+    for side in ("ours", "diffusers"):
+        a, b = by[(side, False)], by[(side, True)]
+        lines.append(f"{side}: peak with checkpointing {b['peak_mb'] / a['peak_mb']:.0%} of without; step memory "
+                     f"{b['step_mb'] / max(a['step_mb'], 1):.0%}")
+    lines.append(f"step time ours / diffusers (no checkpointing): "
+                 f"{by[('ours', False)]['step_s'] / by[('diffusers', False)]['step_s']:.2f}")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
