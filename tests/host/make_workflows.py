@@ -27,6 +27,7 @@ API_DIR = WORKFLOWS / "api"
 INPUT_DIR = WORKFLOWS / "input"
 CANNY = "control_v11p_sd15_canny_fp16.safetensors"
 LINEART = "control_v11p_sd15_lineart_fp16.safetensors"
+OPENPOSE = "control_v11p_sd15_openpose_fp16.safetensors"
 MODEL_URLS = {  # name -> (models/ folder, download URL): the files a user brings (the editor offers to fetch them)
     CHECKPOINT: ("checkpoints", "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
                                 "v1-5-pruned-emaonly-fp16.safetensors"),
@@ -34,6 +35,8 @@ MODEL_URLS = {  # name -> (models/ folder, download URL): the files a user bring
                           "control_v11p_sd15_canny_fp16.safetensors"),
     LINEART: ("controlnet", "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
                             "control_v11p_sd15_lineart_fp16.safetensors"),
+    OPENPOSE: ("controlnet", "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+                             "control_v11p_sd15_openpose_fp16.safetensors"),
 }
 VIRTUAL_NODES = ("Note", "MarkdownNote")  # editor-only nodes: in the UI graph, never in the API prompt
 POSITIVE = "a cozy wooden house in a forest clearing, golden hour, highly detailed"
@@ -289,7 +292,6 @@ EXAMPLES = {"canny": canny, "two_controls": two_controls, "control_modes": contr
             "regional_mask": regional_mask}
 
 
-OPENPOSE = "control_v11p_sd15_openpose_fp16.safetensors"
 
 
 def pose() -> Workflow:
