@@ -42,19 +42,31 @@ def output_path(filename: str) -> tuple[str, str]:
     return name, os.path.join(folder, name)
 
 
-def base_unet(model, device: torch.device) -> ControlledUNet:
-    """The MODEL's U-Net (its patches, e.g. LoRAs, applied) copied into our fp32 `ControlledUNet`."""
+def base_unet(model, device: torch.device, *, trained_decoder: bool = False) -> ControlledUNet:
+    """The MODEL's U-Net (its patches, e.g. LoRAs, applied) as our fp32 `ControlledUNet`. Its weights are the
+    host's own tensors where they are fp32 on `device` and frozen (no second 3.4 GB copy of SD1.5); the decoder is
+    copied when it is trained (`trained_decoder`), so the host's model is never changed."""
     comfy.model_management.load_models_gpu([model], force_full_load=True)
-    sd = {k: v.detach().to("cpu", torch.float32).clone()
+    sd = {k: _frozen_view(v, device, copy=trained_decoder and k.startswith(("output_blocks.", "out.")))
           for k, v in model.model.diffusion_model.state_dict().items()}
     config = UNetConfig.from_state_dict(sd, source="the MODEL's U-Net")
     if config.adm_in_channels is not None:
         raise ControlNetError("Train ControlNet (Core) trains SD1.x / SD2.x ControlNets; this MODEL's U-Net has a "
                               f"class embedding (adm {config.adm_in_channels}, e.g. SDXL). Load an SD1.5 or SD2.x "
                               "checkpoint.")
-    unet = ControlledUNet(config)
-    unet.load_state_dict(sd, strict=True)
-    return unet.to(device)
+    with torch.device("meta"):
+        unet = ControlledUNet(config)  # no allocation: the tensors are assigned below
+    unet.load_state_dict(sd, strict=True, assign=True)
+    return unet
+
+
+def _frozen_view(v: Tensor, device: torch.device, *, copy: bool) -> Tensor:
+    """`v` as an fp32 tensor on `device` usable by autograd: itself when possible, else a copy (an inference-mode
+    tensor cannot be saved for backward)."""
+    out = v.detach().to(device, torch.float32)
+    if copy or out.is_inference() or out.data_ptr() == v.data_ptr() and v.requires_grad:
+        out = out.clone()
+    return out
 
 
 def context(conditioning, what: str) -> Tensor:
@@ -84,7 +96,7 @@ def train_controlnet(model, vae, positive, empty, dataset: PairedDataset, config
         if empty_ctx.shape[1:] != pos.shape[1:]:
             raise ControlNetError(f"empty_conditioning {tuple(empty_ctx.shape)} and positive {tuple(pos.shape)} "
                                   "differ in shape; encode both with the same CLIP.")
-        unet = base_unet(model, device)
+        unet = base_unet(model, device, trained_decoder=not config.sd_locked)
         controlnet = create_controlnet_from_unet(unet.state_dict()).to(device, torch.float32)
         trainer = Trainer(unet, controlnet, config, empty_ctx.to(device))
         order = torch.Generator().manual_seed(config.seed)
