@@ -7,4 +7,4 @@ silently replace ours (or ours theirs) in a shared workflow. Python class names 
 
 ID_PREFIX = "CNCore_"
 NODE_IDS = tuple(ID_PREFIX + name for name in ("LoadControlNet", "ApplyControlNet", "ControlStrength", "Preprocessor",
-                                           "RenderPose"))
+                                           "RenderPose", "TrainControlNet"))

@@ -15,8 +15,9 @@ class ControlNetCoreExtension(ComfyExtension):
         from .pose import RenderPose
         from .preprocess import Preprocessor
         from .strength import ControlStrength
+        from .train import TrainControlNet
 
         install_example_inputs()  # idempotent: v0.3.64 never calls on_load, so set-up lives here
         register(Preprocessor.models)  # /controlnet_core/...: same weights and model management as the node
 
-        return [LoadControlNet, ApplyControlNet, ControlStrength, Preprocessor, RenderPose]
+        return [LoadControlNet, ApplyControlNet, ControlStrength, Preprocessor, RenderPose, TrainControlNet]

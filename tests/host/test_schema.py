@@ -6,7 +6,7 @@ import pytest
 from tests.nodes.schemas import schemas
 
 OURS = ("CNCore_LoadControlNet", "CNCore_ApplyControlNet", "CNCore_ControlStrength", "CNCore_Preprocessor",
-        "CNCore_RenderPose")
+        "CNCore_RenderPose", "CNCore_TrainControlNet")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ CONTRACT = {  # node id -> (required inputs in order, outputs) that users' workf
     "CNCore_ControlStrength": (["mode"], ["CONTROL_STRENGTH"]),
     "CNCore_Preprocessor": (["image", "preprocessor"], ["IMAGE", "POSE_KEYPOINT"]),
     "CNCore_RenderPose": (["pose_keypoint"], ["IMAGE"]),
+    "CNCore_TrainControlNet": (["model", "vae", "positive", "dataset", "steps", "learning_rate", "batch_size",
+                                "resolution", "filename"], ["STRING", "IMAGE"]),
 }
 HOST_APPLY_RANGES = {  # the host's ControlNetApplyAdvanced (nodes.py), which ApplyControlNet must match
     "strength": {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01},
