@@ -230,6 +230,7 @@ class Control:
             return entry[2]
         pixels = resize_hint(self.hint, h * HINT_SCALE, w * HINT_SCALE, self.resize_mode)  # (B, 3, 8h, 8w)
         guided = self.net.encode_hint(pixels.to(device=device, dtype=dtype))  # (B, mc, h, w)
+        log.info("hint encoded: %d frame(s) for a %dx%d latent (cached on this control)", pixels.shape[0], h, w)
         _lru_put(self._hints, key, (self.hint, self.hint._version, guided))
         return guided
 

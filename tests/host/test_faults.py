@@ -2,8 +2,12 @@
 prompt succeeds with the same result as before (weights are read without mmap, so nothing can SIGBUS)."""
 from __future__ import annotations
 
+import json
 import logging
+import re
 import shutil
+import time
+import urllib.request
 
 import pytest
 import torch
@@ -55,3 +59,132 @@ def test_controlnet_file_truncated_replaced_deleted_between_prompts(server, mode
     shutil.copyfile(good, path)  # the good file back: the next prompt succeeds, same result
     after = server.run_latents(_prompt())["fault"]
     assert torch.equal(after, before)
+
+
+# ------------------------------------------------------------------------------------ interrupt in mid-sampling
+INTERRUPT_STEPS = 24  # long enough to be caught in the middle, short enough for CI (64x64 latent)
+
+
+def _sampling_prompt(sampler: str = "KSampler", prefix: str = "intr") -> dict:
+    """Ours applied, sampled for INTERRUPT_STEPS steps by KSampler or the equivalent KSamplerAdvanced (same
+    math, another node: the host's cache cannot hand one's result to the other)."""
+    b = G.base()
+    positive, negative = G.apply(b, "CNCore_ApplyControlNet", G.core_loader(b), b.positive, b.negative)
+    common = {"model": b.model, "steps": INTERRUPT_STEPS, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+              "positive": positive, "negative": negative, "latent_image": b.latent}
+    if sampler == "KSampler":
+        k = b.graph.add("KSampler", seed=42, denoise=1.0, **common)
+    else:
+        k = b.graph.add("KSamplerAdvanced", add_noise="enable", noise_seed=42, start_at_step=0, end_at_step=10000,
+                        return_with_leftover_noise="disable", **common)
+    b.graph.add("SaveLatent", samples=b.graph.out(k), filename_prefix=prefix)
+    return b.graph.prompt()
+
+
+def _wait_for_step(server, start: int, timeout: float = 600.0) -> str:
+    """Block until the host's progress bar (in its log after byte `start`) shows a step done but not the last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(server.log_path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+        done = [int(m) for m in re.findall(rf"(\d+)/{INTERRUPT_STEPS} \[", text)]
+        if any(0 < d < INTERRUPT_STEPS for d in done):
+            return f"step {max(done)}/{INTERRUPT_STEPS}"
+        time.sleep(0.05)
+    raise AssertionError(f"sampling did not start within {timeout:.0f} s:\n{server.log_tail()}")
+
+
+def _interrupt(server) -> None:
+    """POST /interrupt (the host answers 200 with an empty body, so not through `server.post`)."""
+    request = urllib.request.Request(server.url + "/interrupt", data=b"{}", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        assert reply.status == 200
+
+
+def test_interrupt_in_mid_sampling_then_the_same_prompt_is_unchanged(server, reference):
+    start = server.log_path.stat().st_size
+    prompt_id = server.queue(_sampling_prompt())
+    at = _wait_for_step(server, start)
+    _interrupt(server)
+    with pytest.raises(HostError):
+        server.wait(prompt_id)
+    status = server.get(f"/history/{prompt_id}")[prompt_id]["status"]
+    events = [m[0] for m in status["messages"]]
+    log.info("interrupt at %s -> status %s, events %s", at, status["status_str"], events)
+    assert "execution_interrupted" in events and "execution_error" not in events
+
+    again = server.run_latents(_sampling_prompt())["intr"]  # the same prompt: samples again from the start
+    fresh = server.run_latents(_sampling_prompt("KSamplerAdvanced"))["intr"]  # an uninterrupted sampling
+    assert torch.isfinite(again).all() and torch.equal(again, fresh)
+
+
+# ------------------------------------------------------------------- a preprocessor model folder half deleted
+
+def _segment_prompt(resolution: int) -> dict:
+    g = G.Graph()
+    image = g.add("LoadImage", image=G.HINT_IMAGE)
+    hint = g.add("CNCore_Preprocessor", image=g.out(image), preprocessor="segmentation", resolution=resolution)
+    g.add("PreviewImage", images=g.out(hint))
+    return g.prompt()
+
+
+def test_preprocessor_model_folder_missing_its_weights_between_prompts(server):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(3)
+    config = transformers.SegformerConfig(num_encoder_blocks=4, depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 8, 8],
+                                          num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=8, num_labels=150)
+    folder = server.base / "models" / "controlnet_preprocessors" / "segmentation"
+    folder.mkdir(parents=True)
+    try:
+        transformers.SegformerForSemanticSegmentation(config).save_pretrained(folder)
+        (folder / "preprocessor_config.json").write_text(json.dumps(
+            {"do_resize": True, "size": {"height": 32, "width": 32}, "do_normalize": True,
+             "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2}))
+        assert server.run(_segment_prompt(64))["status"]["status_str"] == "success"
+
+        weights = folder / "model.safetensors"
+        kept = weights.read_bytes()
+        weights.unlink()  # half the folder: config files without the weights
+        with pytest.raises(HostError) as info:
+            server.run(_segment_prompt(48))
+        error = info.value.payload
+        log.info("segmentation folder without its weights -> %s: %s: %s", error.get("node_type"),
+                 error.get("exception_type"), error.get("exception_message"))
+        assert error["node_type"] == "CNCore_Preprocessor" and "Traceback" not in error["exception_message"]
+        assert str(folder) in error["exception_message"] and "lacks model.safetensors" in error["exception_message"]
+
+        weights.write_bytes(kept)  # the folder whole again: the next good prompt succeeds
+        assert server.run(_segment_prompt(40))["status"]["status_str"] == "success"
+    finally:
+        shutil.rmtree(folder)  # test_preprocessor expects no segmentation model
+
+
+# ------------------------------------------------------------------------ hint features cached across prompts
+ENCODED = "hint encoded:"  # controlnet_core/engine.py logs each hint-encoder pass (a cache miss)
+
+
+def _hinted_prompt(seed: int, image: str = G.HINT_IMAGE) -> dict:
+    b = G.base(image=image)
+    G.sample(b, *G.apply(b, "CNCore_ApplyControlNet", G.core_loader(b), b.positive, b.negative, strength=0.9),
+             "hintcache", seed=seed)  # strength 0.9: no other test's Apply, so the first prompt encodes afresh
+    return b.graph.prompt()
+
+
+def _encodes(server, prompt: dict) -> tuple[int, torch.Tensor]:
+    """(hint-encoder passes logged while the prompt ran, its latent)."""
+    start = server.log_path.stat().st_size
+    out = server.run_latents(prompt)["hintcache"]
+    with open(server.log_path, "rb") as f:
+        f.seek(start)
+        return f.read().decode(errors="replace").count(ENCODED), out
+
+
+def test_hint_features_are_reused_across_prompts_until_the_hint_changes(server):
+    first, a = _encodes(server, _hinted_prompt(seed=1))
+    reseeded, b = _encodes(server, _hinted_prompt(seed=2))  # only the seed differs: the Apply output is cached
+    other_hint, _ = _encodes(server, _hinted_prompt(seed=2, image="controlnet_core_example_b.png"))
+    log.info("hint-encoder passes: first prompt %d, seed changed %d, hint image changed %d",
+             first, reseeded, other_hint)
+    assert not torch.equal(a, b)  # the second prompt did sample again
+    assert (first, reseeded, other_hint) == (1, 0, 1)
