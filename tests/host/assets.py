@@ -18,6 +18,7 @@ CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"  # the names the workflows u
 CONTROLNETS = {  # name -> (tests.fixtures spec, seed, stored dtype)
     "control_v11p_sd15_canny_fp16.safetensors": ("sd15", 7, torch.float16),
     "control_v11p_sd15_lineart_fp16.safetensors": ("sd15", 8, torch.float16),
+    "control_v11p_sd15_openpose_fp16.safetensors": ("sd15", 13, torch.float16),
     "control_sd15_canny_fp8_e4m3fn.safetensors": ("sd15", 7, torch.float8_e4m3fn),
     "controlnet_sdxl_tiny_random.safetensors": ("tiny-sdxl", 9, torch.float16),
     # union / Control-LoRA / diff-ControlNet (tests/host/union_lora_files.py makers)

@@ -24,7 +24,7 @@ def _preprocess(image: str, preprocessor: str, prefix: str, **options) -> dict:
 
 
 def _saved_images(server, entry: dict) -> list[np.ndarray]:
-    items = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    items = [img for out in entry["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
     return [np.asarray(Image.open(server.base / "output" / i["subfolder"] / i["filename"])) for i in items]
 
 

@@ -1,10 +1,13 @@
 """Every workflows/api/*.json runs on the real host; every node and input of every workflow exists there."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.host.graphs import shrink
 from tests.nodes.workflow_files import WORKFLOWS, api_pairs, graph_nodes, ui_links, ui_widgets_by_name
+from tests.host.test_pose import body_file  # noqa: F401 - the pose example needs openpose weights
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +46,14 @@ def test_ui_widgets_match_the_api_inputs_by_name(object_info, name):
 
 
 @pytest.mark.parametrize("name", sorted(WORKFLOWS))
-def test_workflow_runs(server, name):
+def test_workflow_runs(server, name, body_file):
     """Queued exactly as POSTed by a user, only shrunk to 64 px and 2 steps so two CPU cores can afford it."""
     api, _ = api_pairs()[name]
     entry = server.run(shrink(api, size=64, steps=2))
     saved = [img for out in entry["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
     saves = [n for n in api.values() if n["class_type"] == "SaveImage"]
     assert entry["status"]["status_str"] == "success"
-    assert len(saved) == len(saves) >= 1
+    assert len(saved) == len(saves) >= 1, json.dumps(entry["outputs"])[:3000]
     for img in saved:
         assert (server.base / "output" / img["subfolder"] / img["filename"]).stat().st_size > 0
     for node_id, node in api.items():  # every Preprocessor shows its hint in the node (temp preview PNGs)
