@@ -63,6 +63,7 @@ def host(frontend, model_files):
     base = make_base_dir(tmp, {"checkpoints": {CHECKPOINT: model_files[CHECKPOINT]},
                                "controlnet": {n: model_files[n] for n in CONTROLNETS}},
                          {p.name: p for p in INPUT_DIR.glob("*.png")})
+    _openpose_weights(base / "models" / "controlnet_preprocessors" / "openpose")  # the pose example
     root = comfyui_path()
     server = Server(root=root, base=base, python=comfyui_python(root), extra_args=extra)
     try:
@@ -72,6 +73,17 @@ def host(frontend, model_files):
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _openpose_weights(folder: Path) -> None:
+    """Random weights of the published body_pose_model.pth (keys and shapes as upstream)."""
+    import torch
+
+    from controlnet_core.preprocess.nets.openpose import OPENPOSE_BODY
+    from tests.learned_nets import random_weights
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(random_weights(OPENPOSE_BODY), folder / "body_pose_model.pth")
 
 
 def _post_settings(server: Server, settings: dict) -> None:
