@@ -150,11 +150,16 @@ class Detector:
         spec = preprocess.get_spec(module)
         with self.lock, torch.inference_mode():
             extra = models.preprocessor_resources(spec, self.models)
-            out = []
+            out, poses = [], []
             for frame in frames:  # each picture alone: sizes may differ
-                hint = preprocess.run(module, frame[None].to(models.compute_device()), **extra, **options)
-                out.extend(encode_image(h) for h in hint)
-        return {"info": "Success", "images": out}
+                result = preprocess.run_detailed(module, frame[None].to(models.compute_device()), **extra,
+                                                 **options)
+                out.extend(encode_image(h) for h in result.image)
+                poses.extend(result.keypoints or [])
+        reply = {"info": "Success", "images": out}
+        if spec.keypoints:  # A1111's API: pose modules also return the keypoints (OpenPose JSON, one per image)
+            reply["poses"] = poses
+        return reply
 
 
 def _error(field: str, message: str, status: int = 400) -> web.Response:

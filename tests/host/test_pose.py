@@ -41,3 +41,27 @@ def test_keypoints_come_out_in_ui_and_as_a_second_output(server, inputs, body_fi
     assert len(frames[0]["people"]) == len(expected.keypoints[0]["people"])
     hint, redrawn = _saved_images(server, entry)
     assert hint.shape == redrawn.shape and (hint == redrawn).all()  # the keypoints carry the whole hint
+
+
+def test_detect_route_returns_the_poses_the_node_finds(server, inputs, body_file):
+    """POST /controlnet_core/detect with a pose module answers A1111's `poses` beside the images: the node's
+    keypoints for the same picture."""
+    import base64
+    import urllib.request
+
+    picture = base64.b64encode(inputs[HINT_IMAGE].read_bytes()).decode()
+    body = json.dumps({"controlnet_module": "openpose", "controlnet_input_images": [picture, picture],
+                       "controlnet_processor_res": -1}).encode()
+    request = urllib.request.Request(server.url + "/controlnet_core/detect", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as reply:
+        answer = json.loads(reply.read())
+    image = torch.from_numpy(np.array(Image.open(inputs[HINT_IMAGE]).convert("RGB"))).float()[None] / 255
+    expected = pack_module("controlnet_core.preprocess").run_detailed("openpose", image, models_dir=body_file)
+    assert len(answer["images"]) == len(answer["poses"]) == 2
+    assert answer["poses"][0] == answer["poses"][1]
+    got, want = answer["poses"][0], expected.keypoints[0]
+    assert (got["canvas_width"], got["canvas_height"]) == (want["canvas_width"], want["canvas_height"])
+    assert len(got["people"]) == len(want["people"])
+    for person, reference in zip(got["people"], want["people"]):
+        assert np.allclose(person["pose_keypoints_2d"], reference["pose_keypoints_2d"], atol=1e-3)
