@@ -86,3 +86,8 @@ def reference(server) -> dict:
     from tests.host.graphs import reference_prompt
 
     return server.run_latents(reference_prompt())
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak: the 50-prompt host soak (tests/host/test_soak.py); `make soak` runs "
+                                       "it, `make test-host` leaves it out (-m 'not soak')")
