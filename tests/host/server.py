@@ -60,12 +60,12 @@ def free_port() -> int:
 EXTRA_MODEL_PATHS = "extra_model_paths.yaml"  # in the base dir; `Server.start` passes it to the host
 
 
-def kind_folder_file(src: Path, folder: str) -> Path:
-    """`src` hard-linked into `<its folder>/<folder>/` (same file system: no disk used; a copy where links are not
-    possible): the cached files of one model kind in a folder of their own, which the host can list as a model
-    folder of that kind (the pack refuses a symlink that leads out of the model folders)."""
+def kind_folder_file(src: Path, folder: str, name: str) -> Path:
+    """`src` hard-linked as `<its folder>/<folder>/<name>` (same file system: no disk used; a copy where links are
+    not possible): the cached files of one model kind in a folder of their own, which the host can list as a model
+    folder of that kind under the same names (the pack refuses a symlink leading out of the model folders)."""
     src = src.resolve()
-    dst = src.parent / folder / src.name
+    dst = src.parent / folder / name
     if dst.exists() and os.path.samefile(src, dst):
         return dst
     dst.parent.mkdir(exist_ok=True)
@@ -92,7 +92,7 @@ def make_base_dir(base: Path, models: dict[str, dict[str, Path]], inputs: dict[s
         for name, src in files.items():
             dst = base / "models" / folder / name
             if not dst.exists():
-                target = kind_folder_file(src, folder)
+                target = kind_folder_file(src, folder, name)
                 dst.symlink_to(target)
                 extra.setdefault(folder, set()).add(str(target.parent))
     if extra:
