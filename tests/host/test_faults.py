@@ -35,7 +35,14 @@ def test_controlnet_file_truncated_replaced_deleted_between_prompts(server, mode
     folder = server.base / "models" / "controlnet"
     good = model_files[G.CANNY]
     path = folder / FAULT
-    shutil.copyfile(good, path)
+    shutil.copyfile(good, path)  # a copy, not a link: it is truncated in place below
+    try:
+        _truncate_replace_delete(server, model_files, good, path, reference)
+    finally:
+        path.unlink(missing_ok=True)  # ~700 MB: not left in the base dir (CI disk)
+
+
+def _truncate_replace_delete(server, model_files, good, path, reference) -> None:
     before = server.run_latents(_prompt())["fault"]
     assert torch.equal(before, reference["ref_ours"])  # same weights as the canny file
 
