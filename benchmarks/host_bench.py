@@ -234,7 +234,7 @@ def time_runs(bench: Bench, repeats: int, configs: list[str] | None = None) -> l
     (U-Net + 6 nets is ~12 GB in fp32), so native and ours are measured in the same state."""
     from benchmarks.timing import schedule
 
-    configs = list(configs or CONFIGS)
+    configs = ["unet", *(c for c in configs or CONFIGS if c != "unet")]
     for config in configs:  # warm-up, not recorded: loads every net, allocator and kernel choice
         bench.conditioning(config)
     bench.sample("ours-k1")
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.peak:
         print(json.dumps(peak_child(args.peak)))
         return 0
-    records = time_runs(Bench(3), args.repeats, args.configs)
+    records = time_runs(Bench(max(CONFIGS[c][1] for c in args.configs or CONFIGS)), args.repeats, args.configs)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(records, indent=1))
     return 0

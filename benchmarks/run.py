@@ -257,18 +257,21 @@ def host_python(comfyui: Path) -> str:
     return str(venv) if venv.exists() else "python3"
 
 
-def run_host(comfyui: Path, repeats: int, memory: bool) -> dict:
+def run_host(comfyui: Path, repeats: int, memory: bool, configs: list[str] | None = None) -> dict:
     """benchmarks/host_bench.py in the host's interpreter: native vs ours through our nodes, same settings.
-    {"native": {"runs", "peaks"}, "ours": {...}}, configurations named as here (k1, k2, ...)."""
+    {"native": {"runs", "peaks"}, "ours": {...}}, configurations named as here (k1, k2, ...); `configs`: only the
+    host configurations of these (all when None)."""
     out = ROOT / ".bench" / "host.json"
     script = [host_python(comfyui), str(ROOT / "benchmarks" / "host_bench.py"), "--comfyui", str(comfyui)]
-    log.info("host benchmark: %s", " ".join(script))
-    done = subprocess.run(script + ["--repeats", str(repeats), "--json", str(out)], cwd=ROOT, check=False)
+    chosen = [c for c in HOST_CONFIGS if configs is None or c == "unet" or c.split("-", 1)[1] in configs]
+    subset = [] if configs is None else ["--configs", *chosen]
+    log.info("host benchmark: %s", " ".join(script + subset))
+    done = subprocess.run(script + ["--repeats", str(repeats), "--json", str(out), *subset], cwd=ROOT, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"host benchmark failed (exit {done.returncode}; -9 is usually out of memory); "
                            f"command: {' '.join(script)}")
     runs = json.loads(out.read_text())
-    peaks = measure_peaks({c: script + ["--peak", c] for c in HOST_CONFIGS}, "host peak") if memory else {}
+    peaks = measure_peaks({c: script + ["--peak", c] for c in chosen}, "host peak") if memory else {}
     return {"runs": runs, "peaks": peaks}
 
 
@@ -383,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     ideals = ideal_ratios(flop_counts())
     comfyui = os.environ.get("COMFYUI_PATH")
     # the host first, while this process holds no models (the host process holds both sides, ~12 GB)
-    host = run_host(Path(comfyui), args.repeats, not args.no_memory) if comfyui and not args.no_host else None
+    subset = None if set(ALL_CONFIGS) <= set(configs) else configs
+    host = run_host(Path(comfyui), args.repeats, not args.no_memory, subset) if comfyui and not args.no_host else None
     runs, latents = time_configs(configs, args.repeats, device, dtype)
     child = [sys.executable, "-m", "benchmarks.run", "--device", args.device, "--peak"]
     peaks = {} if args.no_memory else measure_peaks({c: child + [c] for c in configs})
