@@ -10,6 +10,9 @@ The host's own code paths, same settings as the standalone part: an SD1.5 U-Net 
 CFG 7, 256x256). Timing: one process holding both sides, runs in `benchmarks.timing.schedule` order, one JSON
 record per run (run.py turns them into ratios). `--peak`: one configuration in a fresh process, the peak resident
 set of its first sampling run, absolute and above the loaded state.
+Control-LoRA rows (`*-control-lora`): a random rank-128 SD1.5 Control-LoRA, loaded by the host's loader
+(`ControlLora`: rebuilt at every run's pre_run, `W + up @ down` in every forward) and by ours (merged once into the
+sampled U-Net at its first sampling, which the warm-up does). `--configs` times a subset (always with the U-Net).
 """
 from __future__ import annotations
 
@@ -30,7 +33,11 @@ CONFIGS = {  # name -> (side, number of controls, cond-only)
     "native-k1": ("native", 1, False), "native-k2": ("native", 2, False), "native-k3": ("native", 3, False),
     "ours-k1": ("ours", 1, False), "ours-k2": ("ours", 2, False), "ours-k3": ("ours", 3, False),
     "ours-k1-cond-only": ("ours", 1, True),
+    "native-control-lora": ("native", 1, False), "ours-control-lora": ("ours", 1, False),
 }
+CONTROL_LORA_RANK = 128  # Stability's SD1.5 Control-LoRAs (the host re-merges W + up @ down in every forward)
+CONTROL_LORA_FILE = f"bench_control_lora_sd15_rank{CONTROL_LORA_RANK}.safetensors"
+KIND_FILES = {"native-control-lora": CONTROL_LORA_FILE, "ours-control-lora": CONTROL_LORA_FILE}  # config -> file
 
 
 def setup_host(comfyui: Path) -> None:
@@ -84,6 +91,23 @@ def controlnet_files(n: int) -> list[str]:
     return names
 
 
+def control_lora_file() -> str:
+    """A random fp16 SD1.5 Control-LoRA (Stability layout, rank CONTROL_LORA_RANK) in .bench/host_models/controlnet,
+    written once (tests/host/union_lora_files.py, the host tests' maker)."""
+    from safetensors.torch import save_file
+
+    from tests.host.union_lora_files import control_lora_sd15
+
+    path = MODELS / "controlnet" / CONTROL_LORA_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sd = {k: v.half() if v.is_floating_point() and v.ndim else v
+              for k, v in control_lora_sd15(41, CONTROL_LORA_RANK).items()}
+        save_file(sd, str(path.with_suffix(".partial")))
+        path.with_suffix(".partial").replace(path)
+    return path.name
+
+
 def load_pack():
     """Our package imported the way the host's custom-node loader does (a package at the repo root)."""
     spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
@@ -107,6 +131,7 @@ class Bench:
 
         folder_paths.add_model_folder_path("controlnet", str(MODELS / "controlnet"), is_default=True)
         names = controlnet_files(max(n_nets, 1))
+        control_lora_file()
         self.model = comfy.sd.load_diffusion_model_state_dict(unet_state_dict())
         gen = torch.Generator().manual_seed(0)
         self.positive = [[torch.randn(1, 77, 768, generator=gen), {}]]
@@ -129,19 +154,33 @@ class Bench:
                 cache[i] = self.LoadControlNet.execute(self.names[i]).result[0]
         return cache[i]
 
+    def kind_net(self, side: str, name: str):
+        """A side's network of a kind-specific file (KIND_FILES), loaded once by that side's loader node/function."""
+        import folder_paths
+
+        cache = self.native if side == "native" else self.ours
+        if name not in cache:
+            if side == "native":
+                cache[name] = self._load["native"](folder_paths.get_full_path_or_raise("controlnet", name))
+            else:
+                cache[name] = self.LoadControlNet.execute(name).result[0]
+        return cache[name]
+
     def conditioning(self, config: str):
         """(positive, negative) with the configuration's controls applied, chained as the apply nodes do."""
         import nodes as host_nodes
 
         side, k, cond_only = CONFIGS[config]
         pos, neg = self.positive, self.negative
+        file = KIND_FILES.get(config)
         for i in range(k):
+            net = self.kind_net(side, file) if file else self.net(side, i)
             if side == "native":
                 pos, neg = host_nodes.ControlNetApplyAdvanced().apply_controlnet(
-                    pos, neg, self.net("native", i), self.hints[i], 1.0, 0.0, 1.0)
+                    pos, neg, net, self.hints[i], 1.0, 0.0, 1.0)
             else:
                 strength = self.ControlWeights(mode="controlnet") if cond_only else None
-                pos, neg = self.ApplyControlNet.execute(pos, neg, self.net("ours", i), self.hints[i], 1.0, 0.0, 1.0,
+                pos, neg = self.ApplyControlNet.execute(pos, neg, net, self.hints[i], 1.0, 0.0, 1.0,
                                                         control_strength=strength).result
         return pos, neg
 
@@ -175,6 +214,8 @@ def peak_child(config: str) -> dict:
 
     bench = Bench(CONFIGS[config][1])
     bench.conditioning(config)  # loads the nets outside the measured window
+    if config in KIND_FILES:
+        bench.sample(config)  # ours merges a Control-LoRA once per base state: measure a run after that
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -187,17 +228,21 @@ def peak_child(config: str) -> dict:
     return {"config": config, "peak_mb": peak, "delta_mb": peak - base}
 
 
-def time_runs(bench: Bench, repeats: int) -> list[dict]:
+def time_runs(bench: Bench, repeats: int, configs: list[str] | None = None) -> list[dict]:
     """Every configuration of both sides in one process, in `timing.schedule` order (each run between two
     U-Net-only runs); one record per run: config, wall seconds, process CPU seconds. Both sides' nets stay loaded
     (U-Net + 6 nets is ~12 GB in fp32), so native and ours are measured in the same state."""
     from benchmarks.timing import schedule
 
-    for config in CONFIGS:  # warm-up, not recorded: loads every net, allocator and kernel choice
+    configs = ["unet", *(c for c in configs or CONFIGS if c != "unet")]
+    for config in configs:  # warm-up, not recorded: loads every net, allocator and kernel choice
         bench.conditioning(config)
     bench.sample("ours-k1")
+    for config in KIND_FILES:  # a Control-LoRA is merged (ours) at its first sampling: once per base state
+        if config in configs:
+            bench.sample(config)
     records = []
-    for config in schedule(list(CONFIGS), repeats):
+    for config in schedule(configs, repeats):
         bench.conditioning(config)  # built before the clock starts, as a queue run with a changed input
         t0, c0 = time.perf_counter(), time.process_time()
         bench.sample(config)
@@ -213,12 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=ROOT / ".bench" / "host.json")
     parser.add_argument("--peak", choices=list(CONFIGS), help="peak memory of one configuration (fresh process)")
+    parser.add_argument("--configs", nargs="*", choices=list(CONFIGS), help="time only these (default: all)")
     args = parser.parse_args(argv)
     setup_host(args.comfyui.resolve())
     if args.peak:
         print(json.dumps(peak_child(args.peak)))
         return 0
-    records = time_runs(Bench(3), args.repeats)
+    records = time_runs(Bench(max(CONFIGS[c][1] for c in args.configs or CONFIGS)), args.repeats, args.configs)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(records, indent=1))
     return 0

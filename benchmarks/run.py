@@ -44,9 +44,13 @@ LABELS = {
     "k1-cond-only": "k=1 ControlNet is more important (cond-only)",
     "k1-reuse2": "k=1 reuse residuals every 2 steps (approx.)",
     "t2i": "T2I-Adapter SD1.5 full (features once per run)",
+    "union2": "Union, 2 types of one file, one window (ours: one pass; host: one pass per type)",
+    "control-lora": "Control-LoRA SD1.5 rank 128 (ours: merged once per base state)",
 }
 T2I = "t2i"  # not a ControlNet configuration of sampling.CONFIGS: one SD1.5 full T2I-Adapter, random weights
-ALL_CONFIGS = [*CONFIGS, T2I]
+UNION2, CONTROL_LORA = "union2", "control-lora"  # kinds of issue 9 (benchmarks/union_lora_bench.py builds them)
+CONTROL_LORA_RANK = 128  # as benchmarks/host_bench.py: Stability's SD1.5 Control-LoRAs
+ALL_CONFIGS = [*CONFIGS, T2I, UNION2, CONTROL_LORA]
 
 
 def sd15_t2i_adapter(device: torch.device, dtype: torch.dtype):
@@ -58,11 +62,30 @@ def sd15_t2i_adapter(device: torch.device, dtype: torch.dtype):
     return build(T2IAdapter, T2IAdapterConfig(), 200, device, dtype)
 
 
-def run_controls(config: str, nets, adapter, hints) -> list:
-    """The Controls of a configuration, fresh (empty caches): the T2I row or a sampling.CONFIGS row."""
+def run_controls(config: str, nets, adapter, hints, kinds: dict | None = None) -> list:
+    """The Controls of a configuration, fresh (empty caches): the T2I row, a union / Control-LoRA row (`kinds`, from
+    kind_nets) or a sampling.CONFIGS row."""
     from controlnet_core.engine import Control
 
+    from .union_lora_bench import controls_for as kind_controls
+
+    if config in (UNION2, CONTROL_LORA):
+        return kind_controls({UNION2: "union2-onepass"}.get(config, config), kinds, hints)
     return [Control(adapter, hints[0])] if config == T2I else controls_for(config, nets, hints)
+
+
+def kind_nets(configs, unet, device: torch.device, dtype: torch.dtype) -> dict:
+    """{"union": ProMax-like union net, "lora": Control-LoRA merged into `unet`'s weights, "merge_s": seconds of that
+    one merge} for the configurations that need them (benchmarks/union_lora_bench.py builders)."""
+    from .union_lora_bench import sd15_control_lora, sd15_union
+
+    out: dict = {}
+    if UNION2 in configs:
+        out["union"] = sd15_union(device, dtype)
+    if CONTROL_LORA in configs:
+        out["lora"], out["merge_s"] = sd15_control_lora(unet, device, dtype, rank=CONTROL_LORA_RANK)
+        log.info("Control-LoRA merged once in %.2f s (not part of any timed run)", out["merge_s"])
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- timing
@@ -84,13 +107,17 @@ def time_configs(configs: list[str], repeats: int, device: torch.device, dtype: 
     log.info("building the SD1.5 U-Net and %d ControlNets (random fp16 weights -> %s on %s)", n_nets, dtype, device)
     unet = sd15_unet(device, dtype)
     nets = [sd15_controlnet(1 + i, device, dtype) for i in range(n_nets)]
+    kinds = kind_nets(configs, unet, device, dtype)
     data = inputs(device, dtype)
     engine = ResidualEngine()
     records, latents = [], {}
     sample(unet, controls_for("k1", nets, data["hints"]) if nets else [], engine, data["noise"], data["cond"],
            data["uncond"], steps=1)  # warm-up: allocator and kernel selection
+    for config in (c for c in (UNION2, CONTROL_LORA) if c in configs):  # warm-up of the kinds' first forward
+        sample(unet, run_controls(config, nets, adapter, data["hints"], kinds), engine, data["noise"], data["cond"],
+               data["uncond"], steps=1)
     for config in schedule(configs, repeats):
-        controls = run_controls(config, nets, adapter, data["hints"])  # fresh: the hint is encoded once per run
+        controls = run_controls(config, nets, adapter, data["hints"], kinds)  # fresh: the hint encoded once per run
         sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         x = sample(unet, controls, engine, data["noise"], data["cond"], data["uncond"])
@@ -133,7 +160,24 @@ def flop_counts() -> dict[str, float]:
         "cn_batch1": count(lambda: net(x1, h1, t1, c1)),
         "t2i_batch1": count(lambda: adapter.encode_hint(h1)),  # once per run (ours)
         "t2i_batch2": count(lambda: adapter.encode_hint(h2)),  # once per run on the cond/uncond hint (host)
+        "lora_merge": control_lora_merge_gflop(),  # the host: every forward; ours: once per base state
     }
+
+
+def control_lora_merge_gflop(rank: int = CONTROL_LORA_RANK) -> float:
+    """GFLOP of `W + up @ down` over every factored layer of an SD1.5 Control-LoRA (tests/host/union_lora_files.py
+    layout: every >= 2-D encoder weight the U-Net has), as the host's ControlLoraOps compute it in each forward."""
+    import math
+
+    from tests.fixtures import SPECS, controlnet_ldm_shapes
+    from tests.host.union_lora_files import BASE_PREFIXES
+
+    total = 0
+    for key, shape in controlnet_ldm_shapes(SPECS["sd15"]).items():
+        if key.startswith(BASE_PREFIXES) and len(shape) >= 2 and key.endswith(".weight"):
+            r, n = min(rank, shape[0], shape[1]), math.prod(shape[1:])
+            total += 2 * shape[0] * r * n + shape[0] * n  # the product, then the add
+    return total / 1e9
 
 
 def ideal_ratios(g: dict[str, float], steps: int = STEPS) -> dict[str, dict[str, float]]:
@@ -148,6 +192,8 @@ def ideal_ratios(g: dict[str, float], steps: int = STEPS) -> dict[str, dict[str,
     out["k1-cond-only"] = {"host": (u + g["cn_batch2"]) / u, "ours": (u + body1 + once) / u}
     out["k1-reuse2"] = {"host": (u + g["cn_batch2"]) / u, "ours": (u + body2 / 2 + once) / u}
     out[T2I] = {"host": (u + g["t2i_batch2"] / steps) / u, "ours": (u + g["t2i_batch1"] / steps) / u}
+    out[UNION2] = {"host": (u + 2 * g["cn_batch2"]) / u, "ours": (u + body2 + 2 * once) / u}  # fuser: negligible
+    out[CONTROL_LORA] = {"host": (u + g["cn_batch2"] + g["lora_merge"]) / u, "ours": out["k1"]["ours"]}
     return out
 
 
@@ -172,8 +218,9 @@ def peak_child(config: str, device: torch.device, dtype: torch.dtype) -> dict:
     unet = sd15_unet(device, dtype)
     nets = [sd15_controlnet(1 + i, device, dtype) for i in range(k)]
     adapter = sd15_t2i_adapter(device, dtype) if config == T2I else None
+    kinds = kind_nets([config], unet, device, dtype)  # a Control-LoRA's merge is done before the measured run
     data = inputs(device, dtype)
-    controls = run_controls(config, nets, adapter, data["hints"])
+    controls = run_controls(config, nets, adapter, data["hints"], kinds)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -210,18 +257,21 @@ def host_python(comfyui: Path) -> str:
     return str(venv) if venv.exists() else "python3"
 
 
-def run_host(comfyui: Path, repeats: int, memory: bool) -> dict:
+def run_host(comfyui: Path, repeats: int, memory: bool, configs: list[str] | None = None) -> dict:
     """benchmarks/host_bench.py in the host's interpreter: native vs ours through our nodes, same settings.
-    {"native": {"runs", "peaks"}, "ours": {...}}, configurations named as here (k1, k2, ...)."""
+    {"native": {"runs", "peaks"}, "ours": {...}}, configurations named as here (k1, k2, ...); `configs`: only the
+    host configurations of these (all when None)."""
     out = ROOT / ".bench" / "host.json"
     script = [host_python(comfyui), str(ROOT / "benchmarks" / "host_bench.py"), "--comfyui", str(comfyui)]
-    log.info("host benchmark: %s", " ".join(script))
-    done = subprocess.run(script + ["--repeats", str(repeats), "--json", str(out)], cwd=ROOT, check=False)
+    chosen = [c for c in HOST_CONFIGS if configs is None or c == "unet" or c.split("-", 1)[1] in configs]
+    subset = [] if configs is None else ["--configs", *chosen]
+    log.info("host benchmark: %s", " ".join(script + subset))
+    done = subprocess.run(script + ["--repeats", str(repeats), "--json", str(out), *subset], cwd=ROOT, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"host benchmark failed (exit {done.returncode}; -9 is usually out of memory); "
                            f"command: {' '.join(script)}")
     runs = json.loads(out.read_text())
-    peaks = measure_peaks({c: script + ["--peak", c] for c in HOST_CONFIGS}, "host peak") if memory else {}
+    peaks = measure_peaks({c: script + ["--peak", c] for c in chosen}, "host peak") if memory else {}
     return {"runs": runs, "peaks": peaks}
 
 
@@ -336,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     ideals = ideal_ratios(flop_counts())
     comfyui = os.environ.get("COMFYUI_PATH")
     # the host first, while this process holds no models (the host process holds both sides, ~12 GB)
-    host = run_host(Path(comfyui), args.repeats, not args.no_memory) if comfyui and not args.no_host else None
+    subset = None if set(ALL_CONFIGS) <= set(configs) else configs
+    host = run_host(Path(comfyui), args.repeats, not args.no_memory, subset) if comfyui and not args.no_host else None
     runs, latents = time_configs(configs, args.repeats, device, dtype)
     child = [sys.executable, "-m", "benchmarks.run", "--device", args.device, "--peak"]
     peaks = {} if args.no_memory else measure_peaks({c: child + [c] for c in configs})

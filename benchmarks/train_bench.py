@@ -6,13 +6,20 @@ SD1.5 architecture, random fp32 weights, 256x256 image (32x32 latent), batch 1, 
 only, the U-Net frozen, ε-MSE. Each configuration runs in a fresh subprocess: one warm-up step (Adam's state is
 allocated there), then `--steps` timed steps (median); peak memory is the peak resident set during the timed steps
 (VmHWM reset after the warm-up), also given above the resident set at the reset (what the step itself adds:
-activations + gradients). Checkpointing: ours sets TrainConfig.gradient_checkpointing (ControlNet + U-Net blocks),
-diffusers `enable_gradient_checkpointing()` on both models.
+activations + gradients), and that minus the ControlNet's gradient bytes (an estimate of the activations' peak;
+the gradients are allocated while activations are freed, so it is a lower bound). The children run with
+MALLOC_MMAP_THRESHOLD_=65536 (as benchmarks/run.py): every allocation above 64 KiB is its own mmap, returned when
+freed, so the resident set follows the live tensors rather than what glibc keeps of freed heap. Checkpointing:
+ours sets TrainConfig.gradient_checkpointing (ControlNet + U-Net blocks), diffusers
+`enable_gradient_checkpointing()` on both models. At 256² / batch 1 the fp32 weights, Adam state and gradients
+(about 9 GB) dominate the peak on any device, so checkpointing moves the total peak little; its effect is in the
+step's own memory.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,6 +45,13 @@ def inputs(seed: int = 0):
             torch.randn(1, CONTEXT, 768, generator=g))
 
 
+PEAK_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def grad_mb(module: torch.nn.Module) -> float:
+    return sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad) / 2 ** 20
+
+
 def ours_step(checkpointing: bool):
     from controlnet_core.controlnet import create_controlnet_from_unet
     from controlnet_core.train.recipe import Batch, TrainConfig, Trainer
@@ -49,7 +63,7 @@ def ours_step(checkpointing: bool):
     x0, hint, ctx = inputs()
     trainer = Trainer(unet, net, TrainConfig(batch_size=1, prompt_drop=0.0, gradient_checkpointing=checkpointing),
                       torch.zeros(1, CONTEXT, 768))
-    return lambda: trainer.train_step([Batch(x0, hint, ctx)])
+    return (lambda: trainer.train_step([Batch(x0, hint, ctx)])), grad_mb(net)
 
 
 def diffusers_step(checkpointing: bool):
@@ -81,11 +95,11 @@ def diffusers_step(checkpointing: bool):
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    return step
+    return step, grad_mb(net)
 
 
 def child(side: str, checkpointing: bool, steps: int) -> dict:
-    step = (ours_step if side == "ours" else diffusers_step)(checkpointing)
+    step, grads = (ours_step if side == "ours" else diffusers_step)(checkpointing)
     step()  # warm-up: Adam state allocated
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     base = rss_mb("VmRSS")
@@ -96,7 +110,7 @@ def child(side: str, checkpointing: bool, steps: int) -> dict:
         times.append(time.perf_counter() - start)
     peak = rss_mb("VmHWM")
     return {"side": side, "checkpointing": checkpointing, "step_s": statistics.median(times), "times": times,
-            "peak_mb": peak, "step_mb": peak - base}
+            "peak_mb": peak, "step_mb": peak - base, "grad_mb": grads}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,18 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         for ckpt in (False, True):
             out = subprocess.run([sys.executable, "-m", "benchmarks.train_bench", "--steps", str(args.steps),
                                   "--threads", str(args.threads), "--child", side, str(int(ckpt))],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, check=True, env=PEAK_ENV)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     by = {(r["side"], r["checkpointing"]): r for r in rows}
-    lines = ["| side | checkpointing | step s (median) | peak RSS MiB | added by the step MiB |", "|---|---|---|---|---|"]
-    lines += [f"| {r['side']} | {r['checkpointing']} | {r['step_s']:.2f} | {r['peak_mb']:.0f} | {r['step_mb']:.0f} |"
-              for r in rows]
+    lines = ["| side | checkpointing | step s (median) | peak RSS MiB | added by the step MiB | minus gradients MiB |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['side']} | {r['checkpointing']} | {r['step_s']:.2f} | {r['peak_mb']:.0f} | {r['step_mb']:.0f} | "
+              f"{r['step_mb'] - r['grad_mb']:.0f} |" for r in rows]
     for side in ("ours", "diffusers"):
         a, b = by[(side, False)], by[(side, True)]
+        act = (b["step_mb"] - b["grad_mb"]) / max(a["step_mb"] - a["grad_mb"], 1)
         lines.append(f"{side}: peak with checkpointing {b['peak_mb'] / a['peak_mb']:.0%} of without; step memory "
-                     f"{b['step_mb'] / max(a['step_mb'], 1):.0%}")
-    lines.append(f"step time ours / diffusers (no checkpointing): "
-                 f"{by[('ours', False)]['step_s'] / by[('diffusers', False)]['step_s']:.2f}")
+                     f"{b['step_mb'] / max(a['step_mb'], 1):.0%}; step memory minus gradients {act:.0%}")
+    for ckpt in (False, True):
+        lines.append(f"step time ours / diffusers ({'with' if ckpt else 'no'} checkpointing): "
+                     f"{by[('ours', ckpt)]['step_s'] / by[('diffusers', ckpt)]['step_s']:.2f}")
     print("\n".join(lines))
     return 0
 

@@ -44,13 +44,13 @@ def sd15_union(device, dtype):
     return prepare_for_device(net, device, dtype)
 
 
-def sd15_control_lora(unet, device, dtype):
-    """(merged ControlNet, merge seconds) of a random rank-16 SD1.5 Control-LoRA on the U-Net's weights."""
+def sd15_control_lora(unet, device, dtype, rank: int = 16):
+    """(merged ControlNet, merge seconds) of a random SD1.5 Control-LoRA (rank 16 here) on the U-Net's weights."""
     from controlnet_core.control_lora import merge_into_base, read_base_delta
     from tests.host.union_lora_files import control_lora_sd15
 
     delta = read_base_delta({k: v.half() if v.is_floating_point() and v.ndim else v
-                             for k, v in control_lora_sd15(41).items()}, "control_lora_rank16_random")
+                             for k, v in control_lora_sd15(41, rank).items()}, f"control_lora_rank{rank}_random")
     base = unet.state_dict()
     t0 = time.perf_counter()
     net = merge_into_base(delta, base, dtype=dtype, device=device)

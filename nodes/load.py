@@ -1,6 +1,7 @@
 """`LoadControlNet` node: a file from the host's `controlnet` folder -> the host's CONTROL_NET type."""
 from __future__ import annotations
 
+import os
 import posixpath
 
 from comfy_api.latest import io
@@ -35,6 +36,44 @@ def missing_message(name: str, files: list[str], folders: list[str]) -> str:
             "extra_model_paths.yaml, then press R (refresh) in the editor.")
 
 
+def inside_folders(path: str, folders: list[str]) -> bool:
+    """True when `path`, every symlink resolved, lies in one of `folders` (each resolved too: a models folder
+    that is itself a link to another disk is fine; a file linked from outside all of them is not)."""
+    real = os.path.realpath(path)
+    for folder in folders:
+        root = os.path.realpath(folder)
+        try:
+            if os.path.commonpath([real, root]) == root:
+                return True
+        except ValueError:  # another drive (Windows): not inside
+            continue
+    return False
+
+
+def outside_message(name: str, path: str, folders: list[str]) -> str:
+    """Why a listed name that leads outside the controlnet folders is refused, and the fix."""
+    return (f"control_net_name {name[:200]!r} is a link to {os.path.realpath(path)!r}, outside the host's "
+            f"controlnet folders ({', '.join(folders) or 'none'}): a symlink may not lead out of the model folders. "
+            "Add the folder it points into under `controlnet:` in ComfyUI's extra_model_paths.yaml, or move the "
+            "file into models/controlnet.")
+
+
+def checked_name(name: str) -> tuple[str | None, str | None]:
+    """(listed name, None) when `name` is loadable, else (None, why not): not listed, or a link leaving the
+    folders."""
+    files, folders = host.controlnet_files(), host.controlnet_folders()
+    resolved = resolve_name(name, files)
+    if resolved is None:
+        return None, missing_message(name, files, folders)
+    try:
+        path = host.controlnet_path(resolved)
+    except FileNotFoundError:  # listed a moment ago, gone (or a dangling link) now
+        return None, missing_message(name, [], folders)
+    if not inside_folders(path, folders):
+        return None, outside_message(name, path, folders)
+    return resolved, None
+
+
 class LoadControlNet(io.ComfyNode):
     """Thin node: strict core loader, weights handed to the host's model management (nodes/host/)."""
 
@@ -65,13 +104,11 @@ class LoadControlNet(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, control_net_name: str | None = None) -> bool | str:
         """At queue time (the host, v0.3.64, does not check V3 combo values): only a file the folders list, under
-        either separator or a unique basename; `..`, absolute paths and other folders are refused."""
+        either separator or a unique basename; `..`, absolute paths, other folders and symlinks leading out of the
+        controlnet folders are refused."""
         if control_net_name is None:  # linked from another node: checked when it runs
             return True
-        files = host.controlnet_files()
-        if resolve_name(control_net_name, files) is not None:
-            return True
-        return missing_message(control_net_name, files, host.controlnet_folders())
+        return checked_name(control_net_name)[1] or True
 
     @classmethod
     def fingerprint_inputs(cls, control_net_name: str, global_average_pooling: str = "auto") -> str:
@@ -81,8 +118,7 @@ class LoadControlNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, control_net_name: str, global_average_pooling: str = "auto") -> io.NodeOutput:
-        files = host.controlnet_files()
-        name = resolve_name(control_net_name, files)
+        name, refused = checked_name(control_net_name)
         if name is None:
-            raise ControlNetError(missing_message(control_net_name, files, host.controlnet_folders()))
+            raise ControlNetError(refused)
         return io.NodeOutput(host.load_controlnet(name, global_average_pooling))

@@ -113,6 +113,10 @@ class TrainControlNet(io.ComfyNode):
                                  tooltip="Recompute activations in the backward pass: less memory, slower."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, optional=True,
                              tooltip="Seed of the timesteps, noise, prompt drops and pair order."),
+                io.Int.Input("preview_every", default=50, min=0, max=1000000, optional=True,
+                             tooltip="Every this many steps (and at the last), a sample of the first pair's hint "
+                                     "(fixed noise, 10 DDIM steps) is shown as the progress preview; 0: none. "
+                                     "The control appears suddenly: watch the samples, not the loss."),
             ],
             outputs=[io.String.Output(display_name="filename",
                                       tooltip="The saved file's name in models/controlnet (for Load ControlNet)."),
@@ -133,7 +137,7 @@ class TrainControlNet(io.ComfyNode):
     def execute(cls, model, vae, positive, dataset: str, steps: int, learning_rate: float, batch_size: int,
                 resolution: int, filename: str, empty_conditioning=None, prompt_drop: float = 0.5,
                 sd_locked: bool = True, only_mid_control: bool = False, gradient_checkpointing: bool = False,
-                seed: int = 0) -> io.NodeOutput:
+                seed: int = 0, preview_every: int = 50) -> io.NodeOutput:
         problem = dataset_problem(dataset) or filename_problem(filename)
         if problem:
             raise ControlNetError(problem)
@@ -146,6 +150,7 @@ class TrainControlNet(io.ComfyNode):
         data = PairedDataset(read_pairs(dataset), resolution)
         name, losses = host_train.train_controlnet(model, vae, positive, empty_conditioning, data, config, steps,
                                                    with_suffix(filename), {"dataset": dataset.strip(),
-                                                                           "resolution": str(resolution)})
+                                                                           "resolution": str(resolution)},
+                                                   preview_every=preview_every)
         curve = loss_curve(losses)
         return io.NodeOutput(name, curve, ui=host.preview(curve, cls=cls).as_dict())

@@ -6,7 +6,6 @@ import logging
 import os
 import pickle
 import warnings
-import zipfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -67,15 +66,17 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
 
 
 def _read_torch(path: Path) -> Any:
-    """torch.load with weights_only=True: a pickle that names any non-tensor global is refused, never executed."""
+    """torch.load with weights_only=True: a pickle that names any non-tensor global is refused, never executed.
+
+    Never memory-mapped (the host's default too: it maps torch files only with --mmap-torch-files): a mapped
+    tensor stays backed by the file, so a .pth replaced or truncated on disk while a server holds its weights
+    would change them or kill the process with SIGBUS. The price: a v1.0 file's locked SD, VAE and CLIP are read
+    into memory too (~4 GB, freed once the ControlNet's tensors are picked out)."""
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4" notices: the error below says what matters
             warnings.simplefilter("ignore")
-            if zipfile.is_zipfile(path) and path.suffix != ".safetensors":
-                # memory-mapped: a v1.0 file's locked SD, VAE and CLIP (4 GB) are never read into memory
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             with open(path, "rb") as f:  # a file object: torch.load would route a *.safetensors name elsewhere
-                return torch.load(f, map_location="cpu", weights_only=True)
+                return torch.load(f, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: not a safetensors file, and torch.load(weights_only=True) refused it "

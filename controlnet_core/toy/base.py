@@ -1,8 +1,10 @@
-"""Train the toy base U-Net (ε-MSE, DDPM linear schedule) on fill-circles and write its EMA weights.
+"""Train the toy base U-Net (ε-MSE, DDPM linear schedule) on fill-circles (or shape classes) and write its EMA weights.
 
 `python -m controlnet_core.toy.base --out controlnet_core/toy/base.safetensors` remakes the committed file
-(3,000 steps, AdamW lr 1e-3 with 100 warm-up steps and cosine decay, clip 1.0, EMA 0.995, batch 32, 10 % empty prompts so the empty prompt is a
-valid input as in SD; seed 0; one thread).
+(3,000 steps, AdamW lr 1e-3 with 100 warm-up steps and cosine decay, clip 1.0, EMA 0.995, batch 32, 10 % empty
+prompts so the empty prompt is a valid input as in SD; seed 0; one thread).
+`python -m controlnet_core.toy.base --data shapes --out controlnet_core/toy/shapes_base.safetensors` remakes the
+shape-class base of the prompt-drop claim (same settings; controlnet_core/toy/shapes.py).
 """
 from __future__ import annotations
 
@@ -11,20 +13,23 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..train.diffusion import TOY_SCHEDULE, q_sample
-from .data import drop_prompts, fill_circles
+from .data import CircleBatch, drop_prompts, fill_circles
 from .model import ToyBase, build_base, save_base
 
 log = logging.getLogger(__name__)
 
 
-def train_base(steps: int = 3000, batch: int = 32, lr: float = 1e-3, seed: int = 0) -> ToyBase:
-    """The base's own training loop (not the ControlNet recipe); returns the EMA model."""
+def train_base(steps: int = 3000, batch: int = 32, lr: float = 1e-3, seed: int = 0,
+               data: Callable[[int, torch.Generator], CircleBatch] = fill_circles) -> ToyBase:
+    """The base's own training loop (not the ControlNet recipe) on `data` (fill-circles or shapes.shapes); returns
+    the EMA model."""
     base = build_base(seed)
     params = [*base.unet.parameters(), *base.text.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -35,11 +40,11 @@ def train_base(steps: int = 3000, batch: int = 32, lr: float = 1e-3, seed: int =
     ac = TOY_SCHEDULE.alphas_cumprod().float()
     start = time.perf_counter()
     for step in range(steps):
-        data = fill_circles(batch, gen)
-        tokens = drop_prompts(data.tokens, 0.1, gen)
+        sample = data(batch, gen)
+        tokens = drop_prompts(sample.tokens, 0.1, gen)
         t = torch.randint(0, TOY_SCHEDULE.steps, (batch,), generator=gen)
-        noise = torch.randn(data.target.shape, generator=gen)
-        x_t = q_sample(data.target, t, noise, ac)
+        noise = torch.randn(sample.target.shape, generator=gen)
+        x_t = q_sample(sample.target, t, noise, ac)
         loss = F.mse_loss(base.unet(x_t, t, base.text(tokens)), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -59,12 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", choices=("circles", "shapes"), default="circles",
+                    help="fill-circles (base.safetensors) or shape classes (shapes_base.safetensors)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
-    ema = train_base(args.steps, seed=args.seed)
-    save_base(ema, args.out, {"steps": str(args.steps), "seed": str(args.seed),
-                              "command": f"python -m controlnet_core.toy.base --out {args.out}"})
+    from .shapes import shapes
+
+    ema = train_base(args.steps, seed=args.seed, data=shapes if args.data == "shapes" else fill_circles)
+    save_base(ema, args.out, {"steps": str(args.steps), "seed": str(args.seed), "data": args.data,
+                              "command": f"python -m controlnet_core.toy.base --data {args.data} --out {args.out} "
+                                         f"--steps {args.steps}"})
     log.info("wrote %s", args.out)
     return 0
 

@@ -19,6 +19,7 @@ from ..unet import ControlledUNet, UNetConfig
 from .data import COLOURS
 
 BASE_PATH = Path(__file__).with_name("base.safetensors")
+SHAPES_BASE_PATH = Path(__file__).with_name("shapes_base.safetensors")  # toy/shapes.py, same architecture
 CONTEXT_DIM = 32
 TOY_UNET = UNetConfig(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 1, 1), num_res_blocks=1,
                       transformer_depth=(0, 0, 1), transformer_depth_middle=1, context_dim=CONTEXT_DIM,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -23,16 +24,18 @@ from .model import TOY_HINT_WIDTHS, TOY_UNET, ToyBase, load_base
 log = logging.getLogger(__name__)
 TOY_RECIPE = TrainConfig(lr=3e-4, batch_size=32, weight_decay=0.0, prompt_drop=0.5, schedule=TOY_SCHEDULE)
 EVAL_SEED = 1234
+DataFn = Callable[[int, torch.Generator], CircleBatch]  # (n, generator) -> a batch (fill_circles, shapes.shapes)
 
 
 class CircleStream:
-    """Seeded batches of fill-circles whose position in the stream is checkpointed with the trainer."""
+    """Seeded batches of fill-circles (or another `data` function, e.g. shapes.shapes) whose position in the stream
+    is checkpointed with the trainer."""
 
-    def __init__(self, batch: int, seed: int):
-        self.batch, self.generator = batch, torch.Generator().manual_seed(seed)
+    def __init__(self, batch: int, seed: int, data: DataFn = fill_circles):
+        self.batch, self.generator, self.data = batch, torch.Generator().manual_seed(seed), data
 
     def next(self) -> CircleBatch:
-        return fill_circles(self.batch, self.generator)
+        return self.data(self.batch, self.generator)
 
     def state_dict(self) -> dict:
         return {"rng": self.generator.get_state()}
@@ -96,9 +99,9 @@ class EvalSet:
     noise: Tensor  # (N, 3, S, S), fixed
 
     @classmethod
-    def make(cls, n: int = 32, seed: int = EVAL_SEED) -> EvalSet:
+    def make(cls, n: int = 32, seed: int = EVAL_SEED, data: DataFn = fill_circles) -> EvalSet:
         g = torch.Generator().manual_seed(seed)
-        data = fill_circles(n, g)
+        data = data(n, g)
         return cls(data, torch.randn(data.target.shape, generator=g))
 
 
@@ -140,10 +143,10 @@ class ToyRun:
 
 
 def start(config: TrainConfig = TOY_RECIPE, *, init: str = "zero", base: ToyBase | None = None,
-          data_seed: int = 0) -> ToyRun:
+          data_seed: int = 0, data: DataFn = fill_circles) -> ToyRun:
     base = base or load_base()
     trainer = Trainer(base.unet, make_controlnet(base, init, config.seed), config, empty_context(base))
-    return ToyRun(trainer, CircleStream(config.batch_size, data_seed), base)
+    return ToyRun(trainer, CircleStream(config.batch_size, data_seed, data), base)
 
 
 def advance(run: ToyRun, steps: int, *, eval_every: int = 0, ev: EvalSet | None = None) -> ToyRun:

@@ -1,7 +1,8 @@
 """Scale-out entry points; only the ControlNet is wrapped (diffusers train_controlnet.py `accelerator.prepare`).
 
     torchrun --nproc_per_node 2 -m controlnet_core.train.launch toy --steps 20 --out run.safetensors
-    accelerate launch --num_processes 2 --cpu -m controlnet_core.train.launch toy --engine accelerate ...
+    accelerate launch --multi_gpu --num_processes 2 -m controlnet_core.train.launch toy --engine accelerate ...
+      (on a CPU-only machine too: 2 gloo processes; tests/core/test_train_dist.py)
 
 Every rank builds the same frozen base and the same global batch; the Trainer keeps its rank's slice, DDP averages
 the gradients, so N ranks with the same global batch compute one process's update (tests/core/test_train_dist.py).
@@ -34,10 +35,14 @@ def torchrun_setup() -> tuple[int, int, Callable[[nn.Module], nn.Module]]:
 
 
 def accelerate_setup() -> tuple[int, int, Callable[[nn.Module], nn.Module]]:
-    """(rank, world size, wrap) from accelerate (DDP, DeepSpeed or FSDP through `accelerate config`)."""
+    """(rank, world size, wrap) from accelerate (DDP, DeepSpeed or FSDP through `accelerate config`).
+
+    Without CUDA, `Accelerator(cpu=True)`: only then does accelerate see the torchrun environment that
+    `accelerate launch --multi_gpu` sets up as MULTI_CPU (gloo); `accelerate launch --cpu --num_processes 2` starts
+    one process unless MPI is configured (accelerate's simple launcher)."""
     from accelerate import Accelerator
 
-    acc = Accelerator()
+    acc = Accelerator(cpu=not torch.cuda.is_available())
     return acc.process_index, acc.num_processes, acc.prepare
 
 

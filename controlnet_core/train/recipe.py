@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..controlnet import ControlNet
 from ..unet import ControlledUNet
-from .diffusion import SD_SCHEDULE, Schedule, q_sample
+from .diffusion import SD_SCHEDULE, Schedule, ddim_sample, q_sample
 
 log = logging.getLogger(__name__)
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -167,6 +167,27 @@ class Trainer:
         self.step += 1
         self.losses.append(total)
         return total
+
+    # ------------------------------------------------------------------------------------------------ samples
+    @torch.no_grad()
+    def sample(self, noise: Tensor, hint: Tensor, context: Tensor, steps: int = 10) -> Tensor:
+        """DDIM (eta 0) x0 (B, C, h, w) from `noise` (B, C, h, w) with the current ControlNet (connected as in
+        training), `hint` (B, Ch, H, W), `context` (B, T, D): the periodic samples of the reference logger
+        (cldm.py `log_images`, without CFG). Leaves the ControlNet's train/eval mode as it was."""
+        was = self.controlnet.training
+        self.controlnet.eval()
+        hint, context = hint.to(noise.device), context.to(noise.device)
+
+        def eps(x: Tensor, t: Tensor) -> Tensor:
+            control = self.controlnet(x, hint, t, context)
+            if not self.connected():
+                control = mid_only(control)
+            return self.unet(x, t, context, control=control)
+
+        try:
+            return ddim_sample(eps, noise, self.config.schedule, steps)
+        finally:
+            self.controlnet.train(was)
 
     # ------------------------------------------------------------------------------------------------ weights
     def controlnet_weights(self, *, ema: bool = False) -> dict[str, Tensor]:

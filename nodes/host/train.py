@@ -25,6 +25,7 @@ from ...controlnet_core.train.data import PairedDataset
 from ...controlnet_core.train.export import save_trained, training_metadata
 from ...controlnet_core.train.recipe import Batch, TrainConfig, Trainer
 from ...controlnet_core.unet import ControlledUNet, UNetConfig
+from .ui import frame_jpeg
 
 log = logging.getLogger(__name__)
 CONTROLNET_FOLDER = "controlnet"
@@ -84,10 +85,25 @@ def encode_targets(vae, model, targets: Tensor) -> Tensor:
         return model.model.process_latent_in(latent.float().cpu()).clone()
 
 
+def preview_frame(trainer: Trainer, vae, model, noise: Tensor, hint: Tensor, ctx: Tensor) -> Tensor:
+    """hint | sample side by side, (H, 2W, 3) in [0, 1]: a DDIM sample (10 steps, no CFG) of the first pair's hint
+    and the prompt from fixed noise (1, 4, h, w), decoded by the VAE (the reference logger's periodic samples)."""
+    latent = trainer.sample(noise, hint, ctx)  # (1, 4, h, w), scaled
+    with torch.no_grad():
+        pixels = vae.decode(model.model.process_latent_out(latent.float().cpu()))  # (1, H, W, 3) in [0, 1]
+    pixels = pixels.reshape(-1, *pixels.shape[-3:])[0].float().cpu().clamp(0, 1)
+    shown = hint[0].permute(1, 2, 0).float().cpu()  # (H, W, 3)
+    if shown.shape[:2] != pixels.shape[:2]:
+        shown = torch.nn.functional.interpolate(shown.permute(2, 0, 1)[None], size=pixels.shape[:2])[0].permute(1, 2, 0)
+    return torch.cat([shown, pixels], dim=1)
+
+
 def train_controlnet(model, vae, positive, empty, dataset: PairedDataset, config: TrainConfig, steps: int,
                      filename: str, extra: dict[str, str],
-                     on_step: Callable[[int, float], None] | None = None) -> tuple[str, list[float]]:
-    """Train `steps` optimiser steps on `dataset`; save into models/controlnet; returns (file name, losses)."""
+                     on_step: Callable[[int, float], None] | None = None,
+                     preview_every: int = 0) -> tuple[str, list[float]]:
+    """Train `steps` optimiser steps on `dataset`; save into models/controlnet; returns (file name, losses).
+    Every `preview_every` steps (0: never) and at the last step, the progress bar carries a sample preview."""
     device = comfy.model_management.get_torch_device()
     bar = comfy.utils.ProgressBar(steps)
     with torch.inference_mode(False), torch.enable_grad():
@@ -101,6 +117,7 @@ def train_controlnet(model, vae, positive, empty, dataset: PairedDataset, config
         trainer = Trainer(unet, controlnet, config, empty_ctx.to(device))
         order = torch.Generator().manual_seed(config.seed)
         queue: list[int] = []
+        preview_hint = preview_noise = None
         for step in range(steps):
             comfy.model_management.throw_exception_if_processing_interrupted()
             indices = next_indices(queue, len(dataset), config.batch_size, order)
@@ -108,7 +125,14 @@ def train_controlnet(model, vae, positive, empty, dataset: PairedDataset, config
             x0 = encode_targets(vae, model, targets).to(device)
             batch = Batch(x0=x0, hint=hints.to(device), context=pos.to(device).expand(len(indices), -1, -1))
             loss = trainer.train_step([batch] * config.grad_accumulation)
-            bar.update_absolute(step + 1, steps)
+            frame = None
+            if preview_every and ((step + 1) % preview_every == 0 or step + 1 == steps):
+                if preview_noise is None:  # fixed: the first pair's hint, noise from the seed
+                    preview_hint = dataset.batch([0])[1].to(device)  # (1, 3, S, S)
+                    g = torch.Generator().manual_seed(config.seed)
+                    preview_noise = torch.randn((1, *x0.shape[1:]), generator=g).to(device)
+                frame = frame_jpeg(preview_frame(trainer, vae, model, preview_noise, preview_hint, pos.to(device)))
+            bar.update_absolute(step + 1, steps, frame)
             if on_step is not None:
                 on_step(step + 1, loss)
         name, path = output_path(filename)
@@ -127,4 +151,4 @@ def next_indices(queue: list[int], size: int, batch: int, generator: torch.Gener
     return taken
 
 
-__all__: Sequence[str] = ("output_path", "train_controlnet")
+__all__: Sequence[str] = ("output_path", "preview_frame", "train_controlnet")

@@ -26,6 +26,10 @@ CONTROLNETS = {  # name -> (tests.fixtures spec, seed, stored dtype)
     "control_lora_rank16_sd15_random.safetensors": ("control-lora-sd15", 11, torch.float16),
     "diff_control_sd15_random_fp16.safetensors": ("diff-sd15", 12, torch.float16),
 }
+ALIASES = {  # name -> file of CONTROLNETS it links to: the same weights under a name the host's GAP rule matches
+    "control_v11e_sd15_shuffle_fp16.safetensors": "control_v11p_sd15_canny_fp16.safetensors",
+    "control_lora_rank16_sd15_random_shuffle.safetensors": "control_lora_rank16_sd15_random.safetensors",
+}
 HINT_IMAGE = "controlnet_core_example.png"
 HINT_SIZE = 64  # 8x8 latents: SD1.5 at full width stays affordable on two CPU cores
 
@@ -73,6 +77,7 @@ def ensure_model_files(comfyui: Path) -> dict[str, Path]:
             save_file({k: v.to(dtype) if v.is_floating_point() and v.ndim else v for k, v in weights.items()},
                       str(path))
         files[name] = path
+    files.update({alias: files[target] for alias, target in ALIASES.items()})  # symlinks: no second file
     files[NOT_A_CONTROLNET] = cache / NOT_A_CONTROLNET
     save_file({"some.other.weight": torch.ones(4, 4)}, str(files[NOT_A_CONTROLNET]))
     return files

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.host.assets import CHECKPOINT, CONTROLNETS, NOT_A_CONTROLNET, ensure_model_files, write_inputs
+from tests.host.assets import ALIASES, CHECKPOINT, CONTROLNETS, NOT_A_CONTROLNET, ensure_model_files, write_inputs
 from tests.host.server import Server, comfyui_path, comfyui_python, make_base_dir
 
 REQUIRE_HOST = os.environ.get("CONTROLNET_CORE_REQUIRE_HOST") == "1"
@@ -70,7 +70,7 @@ def server(comfyui, model_files, inputs, tmp_path_factory):
     """A running host with this pack in custom_nodes; killed at the end of the session, whatever happens."""
     base = make_base_dir(tmp_path_factory.mktemp("comfy_base"),
                          {"checkpoints": {CHECKPOINT: model_files[CHECKPOINT]},
-                          "controlnet": {n: model_files[n] for n in (*CONTROLNETS, NOT_A_CONTROLNET)}},
+                          "controlnet": {n: model_files[n] for n in (*CONTROLNETS, *ALIASES, NOT_A_CONTROLNET)}},
                          inputs)
     host = Server(root=comfyui, base=base, python=comfyui_python(comfyui))
     try:
@@ -86,3 +86,8 @@ def reference(server) -> dict:
     from tests.host.graphs import reference_prompt
 
     return server.run_latents(reference_prompt())
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak: the 50-prompt host soak (tests/host/test_soak.py); `make soak` runs "
+                                       "it, `make test-host` leaves it out (-m 'not soak')")

@@ -57,18 +57,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+EXTRA_MODEL_PATHS = "extra_model_paths.yaml"  # in the base dir; `Server.start` passes it to the host
+
+
+def kind_folder_file(src: Path, folder: str, name: str) -> Path:
+    """`src` hard-linked as `<its folder>/<folder>/<name>` (same file system: no disk used; a copy where links are
+    not possible): the cached files of one model kind in a folder of their own, which the host can list as a model
+    folder of that kind under the same names (the pack refuses a symlink leading out of the model folders)."""
+    src = src.resolve()
+    dst = src.parent / folder / name
+    if dst.exists() and os.path.samefile(src, dst):
+        return dst
+    dst.parent.mkdir(exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
 def make_base_dir(base: Path, models: dict[str, dict[str, Path]], inputs: dict[str, Path]) -> Path:
-    """Lay out BASE/{custom_nodes,models/<folder>,input,output} with symlinks to the pack and the files."""
+    """Lay out BASE/{custom_nodes,models/<folder>,input,output} with symlinks to the pack and the files. The
+    cached files a symlink points to are registered as folders of their kind (BASE/extra_model_paths.yaml), as a
+    user with models on another disk does."""
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_NAME
     if not link.exists():
         link.symlink_to(REPO, target_is_directory=True)
+    extra: dict[str, set[str]] = {}
     for folder, files in models.items():
         (base / "models" / folder).mkdir(parents=True, exist_ok=True)
         for name, src in files.items():
             dst = base / "models" / folder / name
             if not dst.exists():
-                dst.symlink_to(src.resolve())
+                target = kind_folder_file(src, folder, name)
+                dst.symlink_to(target)
+                extra.setdefault(folder, set()).add(str(target.parent))
+    if extra:
+        lines = ["controlnet_core_test_cache:"]  # JSON strings are YAML; the host splits a value on newlines
+        lines += [f"  {folder}: {json.dumps(chr(10).join(sorted(dirs)))}" for folder, dirs in extra.items()]
+        (base / EXTRA_MODEL_PATHS).write_text("\n".join(lines) + "\n")
     (base / "input").mkdir(exist_ok=True)
     for name, src in inputs.items():
         shutil.copyfile(src, base / "input" / name)
@@ -100,6 +130,8 @@ class Server:
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch", "--disable-api-nodes",
                "--database-url", "sqlite:///:memory:", "--log-stdout", *self.extra_args]
+        if (self.base / EXTRA_MODEL_PATHS).exists():
+            cmd += ["--extra-model-paths-config", str(self.base / EXTRA_MODEL_PATHS)]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -35,7 +35,14 @@ def test_controlnet_file_truncated_replaced_deleted_between_prompts(server, mode
     folder = server.base / "models" / "controlnet"
     good = model_files[G.CANNY]
     path = folder / FAULT
-    shutil.copyfile(good, path)
+    shutil.copyfile(good, path)  # a copy, not a link: it is truncated in place below
+    try:
+        _truncate_replace_delete(server, model_files, good, path, reference)
+    finally:
+        path.unlink(missing_ok=True)  # ~700 MB: not left in the base dir (CI disk)
+
+
+def _truncate_replace_delete(server, model_files, good, path, reference) -> None:
     before = server.run_latents(_prompt())["fault"]
     assert torch.equal(before, reference["ref_ours"])  # same weights as the canny file
 
@@ -188,3 +195,50 @@ def test_hint_features_are_reused_across_prompts_until_the_hint_changes(server):
              first, reseeded, other_hint)
     assert not torch.equal(a, b)  # the second prompt did sample again
     assert (first, reseeded, other_hint) == (1, 0, 1)
+
+
+# ------------------------------------------------------------- a preprocessor's .pth replaced between prompts
+
+def test_preprocessor_pth_replaced_then_truncated_between_prompts(server, inputs):
+    """HED's ControlNetHED.pth (a torch zip file, read without mmap): replaced in place by other weights, the next
+    prompt uses them; truncated, a node error naming the file; whole again, the next prompt succeeds."""
+    from tests.host.test_learned import _close, _expected
+    from tests.host.test_preprocessor import _preprocess, _saved_images
+    from tests.learned_nets import random_weights, save_upstream
+    from tests.nodes.schemas import pack_module
+
+    hed = pack_module("controlnet_core.preprocess.nets.hed").HED
+    preprocess = pack_module("controlnet_core.preprocess")
+    folder = server.base / "models" / "controlnet_preprocessors" / "softedge"
+    path = folder / hed.files[0]
+
+    def hint(resolution: int):  # a new resolution each prompt: the host cannot hand back the last hint
+        entry = server.run(_preprocess(G.HINT_IMAGE, "hed", f"pth_{resolution}", resolution=resolution))
+        return _saved_images(server, entry)[0]
+
+    def expected(resolution: int):
+        return _expected(preprocess, inputs, "hed", path, resolution=resolution)
+
+    try:
+        save_upstream(hed, random_weights(hed, seed=0), folder)
+        assert _close(hint(64), expected(64))
+        old = expected(72)
+        save_upstream(hed, random_weights(hed, seed=1), folder)  # torch.save over the same file (same inode)
+        new = expected(72)
+        second = hint(72)
+        assert _close(second, new) and not _close(second, old) and second.std() > 0
+
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(HostError) as info:
+            hint(80)
+        error = info.value.payload
+        log.info("truncated .pth -> %s: %s: %s", error.get("node_type"), error.get("exception_type"),
+                 error.get("exception_message"))
+        assert error["node_type"] == "CNCore_Preprocessor" and str(path) in error["exception_message"]
+        assert "Traceback" not in error["exception_message"]
+
+        path.write_bytes(data)  # whole again: the next prompt succeeds with the second weights
+        assert _close(hint(88), expected(88))
+    finally:
+        path.unlink(missing_ok=True)

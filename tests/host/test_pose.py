@@ -23,7 +23,8 @@ def body_file(server):
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "body_pose_model.pth"
     torch.save(random_weights(nets.OPENPOSE_BODY), path)
-    return path
+    yield path
+    path.unlink(missing_ok=True)  # not left in the base dir (CI disk)
 
 
 def test_keypoints_come_out_in_ui_and_as_a_second_output(server, inputs, body_file):

@@ -47,7 +47,9 @@ def adapters(server) -> list[str]:
         path = folder / name
         if not path.exists():
             save_file(random_adapter(arguments, seed), str(path))
-    return list(ADAPTERS)
+    yield list(ADAPTERS)
+    for name in ADAPTERS:  # not left in the base dir (CI disk)
+        (folder / name).unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("name", list(ADAPTERS), ids=["full", "light"])

@@ -47,7 +47,9 @@ def train_prompt(dataset, filename: str, steps: int = 2) -> dict:
 def trained(server, tmp_path_factory):
     dataset = write_pairs(tmp_path_factory.mktemp("pairs"))
     entry = server.run(train_prompt(dataset, "cncore_trained_test"))
-    return server.base / "models" / "controlnet" / "cncore_trained_test.safetensors", entry
+    path = server.base / "models" / "controlnet" / "cncore_trained_test.safetensors"
+    yield path, entry
+    path.unlink(missing_ok=True)  # a full fp32 ControlNet (~1.4 GB): not left in the base dir (CI disk)
 
 
 def test_the_file_is_saved_in_models_controlnet_with_its_config(trained):

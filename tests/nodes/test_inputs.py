@@ -58,6 +58,7 @@ def test_hint_from_image():
 @pytest.mark.parametrize("image, message", [
     (torch.rand(0, 16, 16, 3), "empty"),
     (torch.rand(1, 1, 1, 3), "1x1 pixels"),
+    (torch.rand(1, 0, 0, 3), "0x0 pixels"),
     (torch.full((1, 16, 16, 3), float("nan")), "NaN"),
     (torch.rand(16, 16, 3), "expected an IMAGE"),
 ])
