@@ -66,3 +66,34 @@ def test_detect_route_returns_the_poses_the_node_finds(server, inputs, body_file
     assert len(got["people"]) == len(want["people"])
     for person, reference in zip(got["people"], want["people"]):
         assert np.allclose(person["pose_keypoints_2d"], reference["pose_keypoints_2d"], atol=1e-3)
+
+
+def test_a_network_preprocessor_shows_its_status_line(server, body_file):
+    """The host's node status text (BinaryEventTypes.TEXT over /ws): '<preprocessor> on <device>, frame k/n'."""
+    import threading
+
+    from tests.host.test_progress import _connect, _frames
+
+    g = Graph()
+    image = g.add("LoadImage", image=HINT_IMAGE)
+    frames = g.add("RepeatImageBatch", image=g.out(image), amount=3)
+    pose = g.add("CNCore_Preprocessor", image=g.out(frames), preprocessor="openpose", **{"openpose.batch_size": 1})
+    sock = _connect(server.port)
+    received: list = []
+    stop = threading.Event()
+    reader = threading.Thread(target=_frames, args=(sock, received, stop), daemon=True)
+    reader.start()
+    try:
+        server.run(g.prompt())
+    finally:
+        stop.set()
+        sock.close()
+        reader.join(timeout=10)
+    texts = []
+    for opcode, payload in received:
+        if opcode == 2 and int.from_bytes(payload[:4], "big") == 3:  # BinaryEventTypes.TEXT
+            size = int.from_bytes(payload[4:8], "big")
+            node, text = payload[8:8 + size].decode(), payload[8 + size:].decode()
+            if node == pose:
+                texts.append(text)
+    assert texts and texts[0] == "openpose on cpu, frame 0/3" and texts[-1] == "openpose on cpu, frame 3/3", texts
