@@ -20,26 +20,12 @@ async function loadSchema() {
   return map;
 }
 
-// Newer frontends skip `hidden` widgets when sizing the node; older ones (1.27, the host's pinned one) only stop
-// drawing them, so a hidden widget also reports no height (-4 takes back the gap LiteGraph adds per widget).
-function setHidden(widget, hidden) {
-  widget.hidden = hidden;
-  if (hidden && widget.controlnetCoreSize === undefined) {
-    widget.controlnetCoreSize = widget.computeSize ?? null;
-    widget.computeSize = () => [0, -4];
-  } else if (!hidden && widget.controlnetCoreSize !== undefined) {
-    if (widget.controlnetCoreSize === null) delete widget.computeSize;
-    else widget.computeSize = widget.controlnetCoreSize;
-    delete widget.controlnetCoreSize;
-  }
-}
-
 function showSelectedOptions(node) {
   const selector = node.widgets?.find((w) => w.name === "preprocessor");
   if (!selector || owners === null) return;
   for (const widget of node.widgets) {
     const owner = owners.get(widget.name);
-    if (owner !== undefined) setHidden(widget, owner !== selector.value);
+    if (owner !== undefined) widget.hidden = owner !== selector.value;
   }
   const [width] = node.size;
   const [, height] = node.computeSize();

@@ -84,12 +84,6 @@ def test_switching_preprocessor_shows_only_its_options_and_saving_keeps_hidden_v
     visible = {name for name in owned if not widgets[name]["hidden"]}
     assert visible == {name for name, owner in owned.items() if owner == "threshold"} and visible
     assert widgets["canny.low_threshold"] == {"hidden": True, "value": 77}
-    height, shown = editor.page.evaluate("""(id) => {
-      const node = app.graph.getNodeById(id);
-      return [node.size[1], node.widgets.filter((w) => !w.hidden).length];
-    }""", node_id)
-    # hidden options take no height on either frontend (1.27 sized them before: a ~1578 px tall node)
-    assert height <= 30 * shown + 160, (height, shown)
     editor.shot("switched_to_threshold")
     saved = editor.page.evaluate("() => app.graph.serialize()")
     editor.page.evaluate("async () => { await app.loadGraphData({nodes: [], links: [], version: 0.4}); }")
