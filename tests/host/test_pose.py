@@ -70,25 +70,13 @@ def test_detect_route_returns_the_poses_the_node_finds(server, inputs, body_file
 
 def test_a_network_preprocessor_shows_its_status_line(server, body_file):
     """The host's node status text (BinaryEventTypes.TEXT over /ws): '<preprocessor> on <device>, frame k/n'."""
-    import threading
-
-    from tests.host.test_progress import _connect, _frames
+    from tests.host.test_progress import run_watching
 
     g = Graph()
     image = g.add("LoadImage", image=HINT_IMAGE)
     frames = g.add("RepeatImageBatch", image=g.out(image), amount=3)
     pose = g.add("CNCore_Preprocessor", image=g.out(frames), preprocessor="openpose", **{"openpose.batch_size": 1})
-    sock = _connect(server.port)
-    received: list = []
-    stop = threading.Event()
-    reader = threading.Thread(target=_frames, args=(sock, received, stop), daemon=True)
-    reader.start()
-    try:
-        server.run(g.prompt())
-    finally:
-        stop.set()
-        sock.close()
-        reader.join(timeout=10)
+    received = run_watching(server, g.prompt())
     texts = []
     for opcode, payload in received:
         if opcode == 2 and int.from_bytes(payload[:4], "big") == 3:  # BinaryEventTypes.TEXT

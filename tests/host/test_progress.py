@@ -53,22 +53,28 @@ def _frames(sock: socket.socket, out: list, stop: threading.Event) -> None:
         out.append((b1 & 0x0F, _recv_exact(sock, n)))
 
 
-def test_long_batch_moves_the_progress_bar_with_a_live_preview(server):
-    g = Graph()
-    image = g.add("LoadImage", image=HINT_IMAGE)
-    frames = g.add("RepeatImageBatch", image=g.out(image), amount=40)  # 40 frames: chunks of 16, 16, 8
-    pre = g.add("CNCore_Preprocessor", image=g.out(frames), preprocessor="canny")
+def run_watching(server, prompt: dict) -> list:
+    """Run `prompt`, returning every (opcode, payload) frame the host sent over /ws meanwhile."""
     sock = _connect(server.port)
     received: list = []
     stop = threading.Event()
     reader = threading.Thread(target=_frames, args=(sock, received, stop), daemon=True)
     reader.start()
     try:
-        server.run(g.prompt())
+        server.run(prompt)
     finally:
         stop.set()
         sock.close()
         reader.join(timeout=10)
+    return received
+
+
+def test_long_batch_moves_the_progress_bar_with_a_live_preview(server):
+    g = Graph()
+    image = g.add("LoadImage", image=HINT_IMAGE)
+    frames = g.add("RepeatImageBatch", image=g.out(image), amount=40)  # 40 frames: chunks of 16, 16, 8
+    pre = g.add("CNCore_Preprocessor", image=g.out(frames), preprocessor="canny")
+    received = run_watching(server, g.prompt())
     texts = [json.loads(p) for op, p in received if op == 1]
     ours = [m["data"] for m in texts if m.get("type") == "progress" and m["data"].get("node") == pre]
     assert ours, f"no progress message for node {pre}: {[m.get('type') for m in texts]}"
