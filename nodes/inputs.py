@@ -43,11 +43,31 @@ def options_for(preprocessor: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
     return chosen
 
 
+MAX_BLOCK_VALUES = 13  # the most residuals any control has (SD1.x/SD2.x: 12 skips + middle; SDXL 10, T2I 4)
+TEXT_LIMITS = {"block_multipliers": 1_024, "schedule": 65_536, "dataset": 4_096, "filename": 255}
+
+
+def text_length_problem(name: str, text: str | None) -> str | None:
+    """A string input longer than its limit (TEXT_LIMITS) as one sentence naming the input and both lengths, so a
+    10 MB paste is refused at queue time without echoing it; None when it fits or is not text."""
+    limit = TEXT_LIMITS[name]
+    if isinstance(text, str) and len(text) > limit:
+        return (f"{name} is {len(text):,} characters long; at most {limit:,} are accepted: check what was pasted or "
+                f"sent into {name}.")
+    return None
+
+
 def parse_block_multipliers(text: str) -> tuple[float, ...] | None:
     """'1, 1, 0.5' -> (1.0, 1.0, 0.5); blank -> None (every block 1). Order: skips shallow->deep, then middle."""
+    if problem := text_length_problem("block_multipliers", text):
+        raise ControlNetError(problem)
     parts = [p.strip() for p in (text or "").replace(";", ",").split(",") if p.strip()]
     if not parts:
         return None
+    if len(parts) > MAX_BLOCK_VALUES:
+        raise ControlNetError(f"block_multipliers has {len(parts)} values; a control has at most {MAX_BLOCK_VALUES} "
+                              "residuals (SD1.x/SD2.x: 13, SDXL: 10, T2I-Adapter: 4): give one value per residual "
+                              "or leave it empty.")
     try:
         return tuple(float(p) for p in parts)
     except ValueError:
@@ -112,6 +132,8 @@ def check_strength_texts(block_multipliers: str | None, schedule: str | None) ->
         if block_multipliers is not None:
             parse_block_multipliers(block_multipliers)
         if schedule is not None:
+            if problem := text_length_problem("schedule", schedule):
+                return problem
             parse_schedule(schedule)
     except ControlNetError as exc:
         return str(exc)[:500]

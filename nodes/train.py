@@ -17,6 +17,7 @@ from ..controlnet_core.errors import ControlNetError
 from ..controlnet_core.train.data import PairedDataset, read_fill50k, read_paired_folders
 from ..controlnet_core.train.recipe import TrainConfig
 from . import host
+from .inputs import text_length_problem
 from .host import train as host_train
 
 CURVE_SIZE = (256, 512)  # (H, W) of the loss-curve image
@@ -24,6 +25,8 @@ CURVE_SIZE = (256, 512)  # (H, W) of the loss-curve image
 
 def dataset_problem(path: str) -> str | None:
     """Why `path` is not a training folder (one line naming it), or None."""
+    if problem := text_length_problem("dataset", path):
+        return problem
     if not path or not path.strip():
         return "dataset is empty: give the path of a folder with target/ and hint/ (or fill50k's prompt.json)"
     root = Path(path.strip()).expanduser()
@@ -42,6 +45,8 @@ def read_pairs(path: str):
 
 
 def filename_problem(filename: str) -> str | None:
+    if problem := text_length_problem("filename", filename):
+        return problem
     if not filename or os.path.basename(filename) != filename or filename in (".", ".."):
         return f"filename {filename!r}: give a plain file name (no folders), e.g. my_controlnet.safetensors"
     return None

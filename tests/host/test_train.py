@@ -2,6 +2,7 @@
 checkpoint, the file in models/controlnet, read by the host's ControlNetLoader and by ours with the same latent."""
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -83,3 +84,10 @@ def test_a_missing_dataset_folder_is_refused_by_name(server, tmp_path):
     with pytest.raises(HostError) as err:
         server.queue(train_prompt(missing, "never_written"))
     assert str(missing) in str(err.value)
+
+
+def test_ten_megabytes_of_dataset_path_is_refused_at_queue_time(server):
+    with pytest.raises(HostError) as err:
+        server.queue(train_prompt("d" * 10_000_000, "never_written"))
+    text = json.dumps(err.value.payload)
+    assert "dataset is 10,000,000 characters long" in text and len(text) < 10_000, text[:2000]

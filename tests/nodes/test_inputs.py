@@ -45,6 +45,22 @@ def test_block_multipliers():
     assert inputs.parse_block_multipliers(" 1, 0.5;0 ") == (1.0, 0.5, 0.0)
     with pytest.raises(errors.ControlNetError, match="not a comma-separated list"):
         inputs.parse_block_multipliers("1, half")
+    assert len(inputs.parse_block_multipliers(", ".join(["1"] * 13))) == 13
+    with pytest.raises(errors.ControlNetError, match="has 14 values; a control has at most 13"):
+        inputs.parse_block_multipliers(", ".join(["1"] * 14))
+
+
+@pytest.mark.parametrize("name, huge, fits, limit", [
+    ("block_multipliers", "1," * 5_000_000, ", ".join(["0.5"] * 13), 1_024),
+    ("schedule", "0:1, " * 2_000_000, "0:1, 0.5:0.2, 1:0", 65_536),
+])
+def test_ten_megabytes_of_text_is_refused_without_echoing_it(name, huge, fits, limit):
+    """A 10 MB paste of valid syntax is refused at queue time (ControlStrength.validate_inputs' check), naming
+    the input and the length; the answer stays one short sentence."""
+    blank = {"block_multipliers": None, "schedule": None}
+    problem = inputs.check_strength_texts(**blank | {name: huge})
+    assert problem.startswith(f"{name} is {len(huge):,} characters long; at most {limit:,}") and len(problem) < 200
+    assert inputs.check_strength_texts(**blank | {name: fits}) is None
 
 
 def test_hint_from_image():
