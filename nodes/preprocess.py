@@ -72,6 +72,13 @@ class Preprocessor(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, preprocessor: str | None = None, **_) -> str:
+        """The selected network preprocessor's weight files (name, size, mtime): a file changed on disk between two
+        identical prompts is read again, not answered from the host's cache."""
+        spec = preprocess.PREPROCESSORS.get(preprocessor)
+        return "" if spec is None else host.preprocessor_fingerprint(spec)
+
+    @classmethod
     def execute(cls, image, preprocessor: str, latent=None, **inputs) -> io.NodeOutput:
         spec = preprocess.get_spec(preprocessor)
         extra = host.preprocessor_resources(spec, cls.models)

@@ -19,6 +19,7 @@ from .models import (
     controlnet_path,
     intermediate_device,
     load_controlnet,
+    preprocessor_fingerprint,
     preprocessor_folders,
     preprocessor_models_dir,
     preprocessor_resources,
@@ -30,4 +31,4 @@ from .ui import Progress, latent_pixel_size, preview
 __all__ = ["CoreControlNet", "PreprocessorModels", "apply_to_conditioning", "compute_device", "controlnet_files",
            "controlnet_path", "intermediate_device", "is_core", "load_controlnet", "preprocessor_folders",
            "preprocessor_models_dir", "preprocessor_search_dirs", "progress_callback"]
-__all__ += ["controlnet_folders", "preprocessor_resources", "Progress", "install_example_inputs", "latent_pixel_size", "preview"]
+__all__ += ["controlnet_folders", "preprocessor_fingerprint", "preprocessor_resources", "Progress", "install_example_inputs", "latent_pixel_size", "preview"]

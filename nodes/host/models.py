@@ -297,6 +297,35 @@ class PreprocessorModels:
         return cache
 
 
+def _size_and_mtime(entry: os.DirEntry) -> str:
+    try:
+        stat = entry.stat()
+    except OSError:  # removed since the listing
+        return f"{entry.path}:-"
+    return f"{entry.path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def preprocessor_fingerprint(spec) -> str:
+    """Name, size and modification time of every file a network preprocessor may read ("" for pixel-only ones): a
+    weight file replaced, truncated or deleted between two identical prompts makes the host run the node again
+    instead of handing back its cached hint. Only the files directly in the searched folders are listed."""
+    if spec.model_folder is not None:
+        folders = [preprocessor_models_dir(spec.model_folder)]
+    elif spec.net_folder is not None:
+        folders = preprocessor_search_dirs(spec.net_folder)
+    else:
+        return ""
+    seen = []
+    for folder in folders:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:  # a folder that does not exist (yet)
+            seen.append(f"{folder}:-")
+            continue
+        seen += [_size_and_mtime(e) for e in entries if e.is_file()]
+    return "|".join(seen)
+
+
 def preprocessor_resources(spec, held: PreprocessorModels) -> dict:
     """The keyword arguments a network preprocessor needs (models_dir, model_cache) from the host's folders and
     `held`'s caches; {} for pixel-only preprocessors. Shared by the Preprocessor node and the detect route."""

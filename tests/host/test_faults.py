@@ -201,7 +201,8 @@ def test_hint_features_are_reused_across_prompts_until_the_hint_changes(server):
 
 def test_preprocessor_pth_replaced_then_truncated_between_prompts(server, inputs):
     """HED's ControlNetHED.pth (a torch zip file, read without mmap): replaced in place by other weights, the next
-    prompt uses them; truncated, a node error naming the file; whole again, the next prompt succeeds."""
+    prompt uses them, even when the prompt is identical (the node fingerprints its weight files, so the host does not
+    answer from its cache); truncated, a node error naming the file; whole again, the next prompt succeeds."""
     from tests.host.test_learned import _close, _expected
     from tests.host.test_preprocessor import _preprocess, _saved_images
     from tests.learned_nets import random_weights, save_upstream
@@ -212,7 +213,7 @@ def test_preprocessor_pth_replaced_then_truncated_between_prompts(server, inputs
     folder = server.base / "models" / "controlnet_preprocessors" / "softedge"
     path = folder / hed.files[0]
 
-    def hint(resolution: int):  # a new resolution each prompt: the host cannot hand back the last hint
+    def hint(resolution: int):  # one prompt per resolution; 72 runs twice, identical, around a replacement
         entry = server.run(_preprocess(G.HINT_IMAGE, "hed", f"pth_{resolution}", resolution=resolution))
         return _saved_images(server, entry)[0]
 
@@ -227,6 +228,9 @@ def test_preprocessor_pth_replaced_then_truncated_between_prompts(server, inputs
         new = expected(72)
         second = hint(72)
         assert _close(second, new) and not _close(second, old) and second.std() > 0
+        save_upstream(hed, random_weights(hed, seed=2), folder)  # the same prompt again: the fingerprint changed
+        third = hint(72)
+        assert _close(third, expected(72)) and not _close(third, second)
 
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
