@@ -180,8 +180,10 @@ def to_people(keypoints: np.ndarray, scores: np.ndarray, width: int, height: int
         body_ok, part_ok = scores[p] > KPT_SCORE, scores[p] >= KPT_SCORE
         body = part(0, 18, body_ok)
         left, right = (part(92, 113, part_ok), part(113, 134, part_ok)) if hands else (None, None)
-        landmarks = np.concatenate([part(24, 92, part_ok), body[14:16]]) if face else None
-        people.append(Person(body, *(_none_if_empty(a) for a in (left, right, landmarks))))
+        landmarks = _none_if_empty(part(24, 92, part_ok)) if face else None
+        if landmarks is not None:
+            landmarks = np.concatenate([landmarks, body[14:16]])  # (70, 2)
+        people.append(Person(body, _none_if_empty(left), _none_if_empty(right), landmarks))
     return people
 
 
