@@ -79,13 +79,7 @@ def find_weights(models_dir: ModelsDir, arch: Architecture) -> Path:
 
 def read_weights(path: str | os.PathLike) -> StateDict:
     """A weight file's tensors, unwrapped (`state_dict`, `model`, `module.`), read safely (see formats.py)."""
-    from ...formats import (
-        _looks_like_safetensors,
-        _read_safetensors,
-        _read_torch,
-        _weights_file,
-        unwrap,
-    )
+    from ...formats import _looks_like_safetensors, _read_safetensors, _read_torch, _weights_file, unwrap
 
     try:
         file = _weights_file(Path(path))
