@@ -6,7 +6,13 @@ OpenPose body (the real architecture with random weights, tests/learned_nets.py)
 comfyui_controlnet_aux calls it). The people found per frame are printed (random weights decide how many) and
 must be the same on both sides. Runs alternate aux, ours, aux; ours is compared with the mean of its neighbours.
 
+DWPose (YOLOX-l + RTMPose-l, random weights biased to find people, tests/core/test_pose_dwpose.py): ours through
+`run_detailed("dwpose")` (frames batched through the detector, all people through the pose net at once) vs rtmlib
+0.0.16's YOLOX and RTMPose tools frame by frame and box by box, their ONNX call replaced by the same torch modules
+(onnxruntime is not installed here), with controlnet_aux's COCO -> OpenPose step left out.
+
     python -m benchmarks.pose_bench [--frames 16] [--size 512] [--repeat 1] [--device cpu|cuda]
+                                    [--pose openpose,dwpose]
 """
 from __future__ import annotations
 
@@ -39,7 +45,71 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pose", default="openpose,dwpose", help="comma-separated: openpose, dwpose")
     args = parser.parse_args(argv)
+    for name in args.pose.split(","):
+        {"openpose": openpose_row, "dwpose": dwpose_row}[name](args)
+    return 0
+
+
+def timed(fns: dict, repeat: int, device: str) -> dict[str, list[float]]:
+    """Seconds per call of fns["aux"], fns["ours"], fns["aux"] (alternating), `repeat` times."""
+    times = {"aux": [], "ours": []}
+    for _ in range(repeat):
+        for name in ("aux", "ours", "aux"):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fns[name]()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def dwpose_row(args) -> None:
+    from controlnet_core.preprocess.nets import build_loaded
+    from controlnet_core.preprocess.nets.rtmpose import DWPOSE_L
+    from controlnet_core.preprocess.nets.yolox import YOLOX_L
+    from tests.core.test_pose_dwpose import (
+        detector_weights,
+        pose_weights,
+        rtm_detector,
+        rtm_pose,
+        upstream_file,
+    )
+
+    sds = {"det": detector_weights(), "pose": pose_weights()}
+    folder = Path(tempfile.mkdtemp())
+    upstream_file(sds["det"], folder / "yolox_l.pth")
+    upstream_file(sds["pose"], folder / "dw-ll_ucoco_384.pth")
+    det, pose = build_loaded(YOLOX_L, sds["det"], device=args.device), build_loaded(DWPOSE_L, sds["pose"],
+                                                                                     device=args.device)
+    det_tool, pose_tool = rtm_detector(det), rtm_pose(pose, None)
+    frames = clip(args.frames, args.size)
+    image = torch.from_numpy(frames).float().div(255.0).to(args.device)
+    cache = NetCache()
+
+    def ours():
+        return run_detailed("dwpose", image, models_dir=str(folder), model_cache=cache, batch_size=args.batch_size)
+
+    def theirs():
+        out = []
+        for f in frames:
+            boxes, classes = det_tool(f)
+            out.append(pose_tool(f, bboxes=list(boxes[classes == 0])) if (classes == 0).any() else None)
+        return out
+
+    people = [len(f["people"]) for f in ours().keypoints]  # loads the weights
+    times = timed({"aux": theirs, "ours": ours}, args.repeat, args.device)
+    fps_aux = args.frames / statistics.mean(times["aux"])
+    fps_ours = args.frames / statistics.mean(times["ours"])
+    print(f"dwpose, {args.frames} frames at {args.size}^2 on {args.device}, people per frame {people}")
+    print(f"  rtmlib tools frame by frame: {fps_aux:6.2f} fps")
+    print(f"  ours batched ({args.batch_size}):         {fps_ours:6.2f} fps   ({fps_ours / fps_aux:.2f}x)")
+
+
+def openpose_row(args) -> None:
 
     from controlnet_aux.open_pose import OpenposeDetector, util
     from controlnet_aux.open_pose.body import Body
@@ -67,22 +137,12 @@ def main(argv=None) -> int:
     people = [len(f["people"]) for f in result.keypoints]
     ref = [len(aux.detect_poses(f)) for f in frames]
     assert people == ref, (people, ref)
-    times = {"aux": [], "ours": []}
-    for _ in range(args.repeat):
-        for name, fn in (("aux", theirs), ("ours", ours), ("aux", theirs)):
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
+    times = timed({"aux": theirs, "ours": ours}, args.repeat, args.device)
     fps_aux = args.frames / statistics.mean(times["aux"])
     fps_ours = args.frames / statistics.mean(times["ours"])
     print(f"openpose body, {args.frames} frames at {args.size}^2 on {args.device}, people per frame {people}")
     print(f"  controlnet_aux frame by frame: {fps_aux:6.2f} fps")
     print(f"  ours batched ({args.batch_size}):          {fps_ours:6.2f} fps   ({fps_ours / fps_aux:.2f}x)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -276,6 +276,12 @@ PREPROCESSORS: dict[str, PreprocessorSpec] = {spec.name: spec for spec in (
                      (Option("hands", "bool", False, tooltip="Detect and draw the hands (hand_pose_model.pth)."),
                       Option("face", "bool", False, tooltip="Detect and draw the face landmarks (facenet.pth)."),
                       *_POSE_OPTIONS, _batch(4)), net_folder="openpose", frame_independent=False, keypoints=True),
+    PreprocessorSpec("dwpose", "pose:dwpose",
+                     "DWPose whole body: YOLOX-l person boxes (yolox_l.pth) and RTMPose-l 133 keypoints "
+                     "(dw-ll_ucoco_384.pth) drawn as OpenPose body, hands and face; licence: Apache-2.0.",
+                     (Option("hands", "bool", True, tooltip="Draw the hands (and write them to the keypoints)."),
+                      Option("face", "bool", True, tooltip="Draw the face landmarks (and write them to the keypoints)."),
+                      *_POSE_OPTIONS, _batch(4)), net_folder="dwpose", frame_independent=False, keypoints=True),
 )}
 
 

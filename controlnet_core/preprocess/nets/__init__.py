@@ -45,6 +45,7 @@ class Architecture:
     published: str  # where the files are published (repository / URL)
     licence: str = ""
     finish: Callable[[nn.Module], nn.Module] | None = None  # after strict loading: fold kernels, fuse norms
+    extra_prefixes: tuple[str, ...] = ()  # file keys that are no weights of the module (mmcv EMA copies `ema_*`)
 
 
     def describe(self) -> str:
@@ -173,6 +174,8 @@ def load_network(models_dir: ModelsDir, candidates: Sequence[Architecture], *, d
     """Find, read, detect and strictly load one of `candidates` (the first one names the file to look for)."""
     path = _find_any(models_dir, candidates)
     sd = read_weights(path)
+    extra = tuple(p for arch in candidates for p in arch.extra_prefixes)
+    sd = {k: v for k, v in sd.items() if not (extra and k.startswith(extra))}
     arch = detect(sd, candidates, str(path))
     module = build_loaded(arch, sd, dtype, device)
     logger.info("loaded %s from %s (%d tensors, %s)", arch.name, path, len(sd), dtype)

@@ -1,5 +1,5 @@
 """Human pose: the training-time rendering (draw.py), POSE_KEYPOINT in and out (keypoints.py), the OpenPose and
-DWPose detectors (cmu.py and the nets in ../nets/) and video smoothing (smooth.py)."""
+DWPose detectors (cmu.py, wholebody.py and the nets in ../nets/) and video smoothing (smooth.py)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -52,6 +52,22 @@ def openpose(image: torch.Tensor, hands: bool = False, face: bool = False, draw_
     return _finish(people, image, draw_body, hands, face, xinsir_sticks, smooth)
 
 
+def dwpose(image: torch.Tensor, hands: bool = True, face: bool = True, draw_body: bool = True,
+           xinsir_sticks: bool = False, smooth: bool = False, batch_size: int = 4, models_dir=None,
+           model_cache=None, progress=None) -> tuple[torch.Tensor, list[dict]]:
+    """DWPose (yolox_l.pth person boxes, dw-ll_ucoco_384.pth whole-body keypoints) on (B, H, W, 3) in [0, 1] ->
+    (hints (B, H, W, 3) drawn at the picture's size, POSE_KEYPOINT frames in its pixels)."""
+    from .._image import to_uint8
+    from ..nets import NetCache
+    from .wholebody import detect, load_nets
+
+    cache = model_cache if model_cache is not None else NetCache()
+    frames = to_uint8(image[..., :3]).cpu().numpy()  # (B, H, W, 3) uint8 RGB
+    det, pose, device = load_nets(cache, models_dir, image.device)
+    people = detect(frames, det, pose, device, hands, face, batch_size, progress)
+    return _finish(people, image, draw_body, hands, face, xinsir_sticks, smooth)
+
+
 def _finish(people: list[list[Person]], image: torch.Tensor, body: bool, hands: bool, face: bool,
             xinsir_sticks: bool, smooth: bool) -> tuple[torch.Tensor, list[dict]]:
     """Detected people per frame -> (hints on the image's device, POSE_KEYPOINT), smoothed over time if asked."""
@@ -65,4 +81,4 @@ def _finish(people: list[list[Person]], image: torch.Tensor, body: bool, hands: 
                          device=image.device), frames_json(frames)
 
 
-__all__ = ["Person", "draw_people", "frame_json", "frames_json", "openpose", "parse", "render_frames", "render_pose_keypoint"]
+__all__ = ["Person", "draw_people", "dwpose", "frame_json", "frames_json", "openpose", "parse", "render_frames", "render_pose_keypoint"]
