@@ -1,4 +1,4 @@
-"""The paper's training claims on the toy, from the committed base with fixed seeds (slow: about 3 minutes of one
+"""The paper's training claims on the toy, from the committed bases with fixed seeds (slow: about 4.5 minutes of one
 core). Thresholds come from measured runs (docs/training.md) with margin:
 - sudden convergence (paper §3.3): shape IoU stays at chance for a plateau, then rises. Measured (lr 3e-4, batch
   32): 0.153 at step 0, 0.148 at 100, 0.169 at 150, 0.41 at 200, 0.65 at 500; edge F1 0.34 -> 0.81. The issue's
@@ -6,7 +6,8 @@ core). Thresholds come from measured runs (docs/training.md) with margin:
   segmentation); the test asserts what was measured, with margin;
 - the §4.2 ablation: ordinary (non-zero) initialisation is still near chance when the zero-initialised run has
   converged. Measured: at step 350 zero init 0.635, ordinary 0.215 (chance 0.153); ordinary starts rising later
-  (0.29 at 450, 0.35 at 500), so on this toy it delays convergence rather than preventing it.
+  (0.29 at 450, 0.35 at 500), so on this toy it delays convergence rather than preventing it;
+- prompt drop (paper §3.3) on the shape-class toy: see the section at the end.
 """
 from __future__ import annotations
 
