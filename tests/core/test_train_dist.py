@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -19,9 +18,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def launch(tmp_path: Path, nproc: int, steps: int = 3, engine: str = "torchrun") -> dict[str, torch.Tensor]:
     out = tmp_path / f"{engine}{nproc}.safetensors"
     port = str(29500 + nproc + (10 if engine == "accelerate" else 0) + os.getpid() % 1000)
-    if engine == "accelerate":  # accelerate's multi-process launcher (torchrun underneath), no config file
-        runner = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines",
-                  "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
+    if engine == "accelerate":  # accelerate's launcher, no config file; --multi_gpu (torchrun underneath, MULTI_CPU
+        # without CUDA) needs >= 2 processes: accelerate refuses 1 ("You need to use at least 2 processes"), which is
+        # what made this test fail before, not unequal weights
+        multi = ["--multi_gpu", "--main_process_port", port] if nproc > 1 else []
+        runner = ["-m", "accelerate.commands.launch", *multi, "--num_processes", str(nproc), "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no"]
     else:
         runner = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", port]
     cmd = [sys.executable, *runner, "-m", "controlnet_core.train.launch", "toy", "--engine", engine,
@@ -51,9 +53,19 @@ def test_two_processes_equal_one_process(tmp_path):
     assert one["middle_block_out.0.weight"].abs().max() > 0
 
 
-@pytest.mark.skip(reason="accelerate on 2 CPU processes does not yet give the 1-process weights (work in progress)")
+def update_relative_error(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> float:
+    """|Δ1 - Δ2| / |Δ1| of the updates from the initial ControlNet (the weights' norm hides the update's)."""
+    from controlnet_core.toy import run as toy
+
+    init = toy.make_controlnet(toy.load_base()).state_dict()
+    return relative_error({k: one[k] - init[k] for k in one}, {k: two[k] - init[k] for k in one})
+
+
 def test_accelerate_two_processes_equal_one_process(tmp_path):
     one, two = launch(tmp_path, 1, engine="accelerate"), launch(tmp_path, 2, engine="accelerate")
+    # measured (3 steps, batch 8): weights 4.9e-8 relative, the update itself 1.5e-5 (gloo's summation order,
+    # amplified by Adam on near-zero gradients); a rank on the wrong slice would differ by O(1) in the update
     assert relative_error(one, two) <= 1e-5
+    assert update_relative_error(one, two) <= 1e-3
     assert relative_error(one, launch(tmp_path, 1)) <= 1e-6  # accelerate's 1 process == the plain one
     assert one["middle_block_out.0.weight"].abs().max() > 0
