@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Architecture
-from ._layers import channels_last
+from ._layers import channels_last, conv2d_relu
 
 
 class DoubleConvBlock(nn.Module):
@@ -23,7 +23,7 @@ class DoubleConvBlock(nn.Module):
         if down:
             x = F.max_pool2d(x, 2, 2)  # (B, C, H/2, W/2), floor like the reference
         for conv in self.convs:
-            x = F.relu(conv(x))
+            x = conv2d_relu(x, conv)  # (B, C, h, w)
         return x, self.projection(x)
 
 
