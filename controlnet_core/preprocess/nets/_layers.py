@@ -107,8 +107,16 @@ def conv2d_relu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """relu(conv(x)), the ReLU applied inside oneDNN's convolution on the CPU (a post-op on each output tile while
     it is in cache: the same sums, no second pass over the activation and no extra allocation); elsewhere, or for
     other dtypes, the plain two steps. Needs a zero-padded ('zeros' padding mode) convolution with int padding."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    if _fused_relu_applies(x, conv):
         return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding),
                                                        list(conv.stride), list(conv.dilation), conv.groups,
                                                        "relu", [], "")
     return F.relu(conv(x))
+
+
+def _fused_relu_applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """oneDNN's fused op (private to torch, so looked up, never assumed) for float32 inference on the CPU with a
+    zero-padded convolution; training keeps the differentiable two steps."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
