@@ -12,10 +12,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 PACK = "comfyui_controlnet_core_inprocess"
 
@@ -58,6 +60,7 @@ def test_merged_control_lora_is_listed_and_offloaded_by_model_management(comfyui
 
     r = _run_host(comfyui, comfyui_python(comfyui), "control_lora", str(model_files[CHECKPOINT]),
                   str(model_files[CONTROL_LORA]))
+    log.info("merged Control-LoRA under the host's model management: %s", r)
     assert r["listed_before_pre_run"] is False  # nothing is merged before the first pre_run
     assert r["in_get_models"] and r["in_loaded_models"], r
     assert r["same_patcher_next_run"], "a second run re-merged the Control-LoRA"
