@@ -91,12 +91,27 @@ def controlnet_files(n: int) -> list[str]:
     return names
 
 
+def our_module(name: str):
+    """One of our modules under a top-level name the host's root also has (`tests`; the host's root is first on
+    sys.path): imported with our root first. Ours then stay in sys.modules under that name, so the module's own
+    later imports (inside functions) find ours too; the bench never imports the host's package of that name."""
+    top = name.split(".")[0]
+    for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
+        if not str(getattr(sys.modules[key], "__file__", "") or "").startswith(str(ROOT)):
+            del sys.modules[key]
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT))  # the first occurrence: the one just inserted
+
+
 def control_lora_file() -> str:
     """A random fp16 SD1.5 Control-LoRA (Stability layout, rank CONTROL_LORA_RANK) in .bench/host_models/controlnet,
     written once (tests/host/union_lora_files.py, the host tests' maker)."""
     from safetensors.torch import save_file
 
-    from tests.host.union_lora_files import control_lora_sd15
+    control_lora_sd15 = our_module("tests.host.union_lora_files").control_lora_sd15
 
     path = MODELS / "controlnet" / CONTROL_LORA_FILE
     if not path.exists():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -85,19 +86,25 @@ def main(argv=None) -> int:
     engine = ResidualEngine()
     sample(unet, controls_for("k1", nets, data["hints"]), engine, data["noise"], data["cond"], data["uncond"],
            steps=1)  # warm-up
-    runs = []
+    runs, cpu_runs = [], []
+    load_before = os.getloadavg()[0]
     for config in schedule(CONFIGS, args.repeats):
         controls = controls_for(config, nets, data["hints"])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sample(unet, controls, engine, data["noise"], data["cond"], data["uncond"])
         runs.append((config, time.perf_counter() - t0))
+        cpu_runs.append((config, time.process_time() - c0))
         log.info("%s %.2f s", config, runs[-1][1])
-    st = summary(runs)
-    lines = [f"union / Control-LoRA, {device} {dtype}, {args.repeats} repeats, torch {torch.__version__}",
-             "", "| configuration | s / run | ratio to U-Net (median, low-high) |", "|---|---|---|"]
+    st, cpu = summary(runs), summary(cpu_runs)
+    head = (f"union / Control-LoRA, {device} {dtype}, {args.repeats} repeats, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    columns = ("| configuration | s / run | ratio to U-Net (median, low-high) | from process CPU time (less sensitive "
+               "to other processes) |")
+    lines = [head, "", columns, "|---|---|---|---|"]
     for config in CONFIGS:
-        s = st[config]
-        lines.append(f"| {config} | {s['seconds']:.2f} | {s['ratio']:.3f} ({s['low']:.3f}-{s['high']:.3f}) |")
+        s, c = st[config], cpu[config]
+        lines.append(f"| {config} | {s['seconds']:.2f} | {s['ratio']:.3f} ({s['low']:.3f}-{s['high']:.3f}) | "
+                     f"{c['ratio']:.3f} ({c['low']:.3f}-{c['high']:.3f}) |")
     lines.append(f"\nControl-LoRA merge (once per base-model state, not per run): {merge_s:.2f} s")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -29,6 +29,8 @@ CONTROLNETS = {  # name -> (tests.fixtures spec, seed, stored dtype)
 ALIASES = {  # name -> file of CONTROLNETS it links to: the same weights under a name the host's GAP rule matches
     "control_v11e_sd15_shuffle_fp16.safetensors": "control_v11p_sd15_canny_fp16.safetensors",
     "control_lora_rank16_sd15_random_shuffle.safetensors": "control_lora_rank16_sd15_random.safetensors",
+    # a name the rule misses (test_gap: explicit "on"; keeps the plain name's merge count of test_union_lora at one)
+    "control_lora_rank16_sd15_random_renamed.safetensors": "control_lora_rank16_sd15_random.safetensors",
 }
 HINT_IMAGE = "controlnet_core_example.png"
 HINT_SIZE = 64  # 8x8 latents: SD1.5 at full width stays affordable on two CPU cores
