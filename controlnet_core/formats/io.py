@@ -79,9 +79,12 @@ def _read_torch(path: Path) -> Any:
                 return torch.load(f, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path}: not a safetensors file, and torch.load(weights_only=True) refused it "
-            f"({_unpickler_reason(exc)}): it is corrupt, or a pickle that would run code (nothing in it was "
-            "executed); use a .safetensors file or re-save the weights from a trusted source") from exc
+            f"{path}: cannot be read safely: torch.load(weights_only=True) refused it ({_unpickler_reason(exc)}; "
+            "nothing in it was executed). It is corrupt, a pickle that would run code, or a training checkpoint "
+            "holding objects beside its weights (mmengine's): use a .safetensors file or, only if you trust this "
+            f"one, keep only its weights once: python -c \"import torch; p = r'{path}'; "
+            "c = torch.load(p, map_location='cpu', weights_only=False); "
+            "torch.save(c.get('state_dict', c), p)\"") from exc
     except Exception as exc:  # noqa: BLE001 - on garbage the unpickler raises IndexError, struct.error, ...
         if isinstance(exc, MemoryError):
             raise

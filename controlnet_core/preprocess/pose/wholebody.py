@@ -17,13 +17,11 @@ found has no people (the annotator then runs the pose net on the whole frame and
 from __future__ import annotations
 
 import itertools
-import pickle
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ...errors import PreprocessError
 from ..nets.rtmpose import DWPOSE_L, INPUT_H, INPUT_W, SPLIT_RATIO
 from ..nets.yolox import YOLOX_L, decode_boxes
 from .draw import Person
@@ -192,15 +190,6 @@ def _none_if_empty(points: np.ndarray | None) -> np.ndarray | None:
     return None if points is None or np.isnan(points).all() else points
 
 
-def _refused(exc: BaseException) -> bool:
-    """True when the error comes from torch.load(weights_only=True) refusing a pickled object."""
-    while exc is not None:
-        if isinstance(exc, pickle.UnpicklingError):
-            return True
-        exc = exc.__cause__
-    return False
-
-
 def _dirs(models_dir):
     """Both files sit in one folder: a file given as `models_dir` stands for its folder."""
     from ..nets import search_dirs
@@ -208,30 +197,11 @@ def _dirs(models_dir):
     return [p.parent if p.is_file() else p for p in search_dirs(models_dir)]
 
 
-def _get(cache, dirs, arch, device):
-    """(module, device) from the NetCache; an mmengine training checkpoint that the weights-only reader refuses
-    gets one error saying so and how to keep only its weights."""
-    from ..nets import find_weights
-
-    try:
-        _, module, run_on = cache.get(dirs, [arch], image_device=device)
-    except PreprocessError as exc:
-        if not _refused(exc):
-            raise
-        path = find_weights(dirs, arch)
-        raise PreprocessError(
-            f"{path}: cannot be read safely: torch.load(weights_only=True) refuses the non-tensor objects this "
-            f"{arch.name} checkpoint holds beside its weights (nothing in it was run). If you trust the file, "
-            f"keep only its state_dict once: python -c \"import torch; p = r'{path}'; c = torch.load(p, "
-            f"map_location='cpu', weights_only=False); torch.save(c.get('state_dict', c), p)\"") from exc
-    return module, run_on
-
-
 def load_nets(cache, models_dir, device) -> tuple[torch.nn.Module, torch.nn.Module, torch.device]:
     """(YOLOX, RTMPose, device) from the NetCache, both files from the same folder(s)."""
     dirs = _dirs(models_dir)
-    det, run_on = _get(cache, dirs, YOLOX_L, device)
-    pose, _ = _get(cache, dirs, DWPOSE_L, device)
+    _, det, run_on = cache.get(dirs, [YOLOX_L], image_device=device)
+    _, pose, _ = cache.get(dirs, [DWPOSE_L], image_device=device)
     return det, pose, run_on
 
 
