@@ -76,6 +76,15 @@ def parse_block_multipliers(text: str) -> tuple[float, ...] | None:
                               "SDXL: 9 then the middle) or leave it empty.") from None
 
 
+def parse_strength_schedule(text: str):
+    """The schedule syntax of docs/weights.md (controlnet_core.weights.parse_schedule), within its length limit."""
+    from ..controlnet_core.weights import parse_schedule
+
+    if problem := text_length_problem("schedule", text):
+        raise ControlNetError(problem)
+    return parse_schedule(text)
+
+
 def hint_from_image(image: torch.Tensor) -> torch.Tensor:
     """Host IMAGE (B, H, W, C) in [0, 1] -> hint (B, 3, H, W); refuses empty, tiny, non-RGB and non-finite images."""
     if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
@@ -126,15 +135,11 @@ def check_apply_values(strength: float | None, start: float | None, end: float |
 
 def check_strength_texts(block_multipliers: str | None, schedule: str | None) -> str | None:
     """Queue-time parse of ControlStrength's text inputs: None when both parse, else the parser's message."""
-    from ..controlnet_core.weights import parse_schedule
-
     try:
         if block_multipliers is not None:
             parse_block_multipliers(block_multipliers)
         if schedule is not None:
-            if problem := text_length_problem("schedule", schedule):
-                return problem
-            parse_schedule(schedule)
+            parse_strength_schedule(schedule)
     except ControlNetError as exc:
         return str(exc)[:500]
     return None

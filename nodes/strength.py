@@ -4,8 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..controlnet_core.errors import ControlNetError
-from ..controlnet_core.weights import MODES, SCHEDULE_SYNTAX, ControlWeights, parse_schedule
-from .inputs import check_strength_texts, parse_block_multipliers
+from ..controlnet_core.weights import MODES, SCHEDULE_SYNTAX, ControlWeights
+from .inputs import check_strength_texts, parse_block_multipliers, parse_strength_schedule
 
 ControlStrengthType = io.Custom("CONTROL_STRENGTH")  # the value is a controlnet_core ControlWeights
 
@@ -57,5 +57,5 @@ class ControlStrength(io.ComfyNode):
             raise ControlNetError(f"mode {mode!r} is unknown: choose one of {list(MODES)}.")
         weights = ControlWeights(mode=MODES[mode], base_multiplier=base_multiplier,
                                  block_multipliers=parse_block_multipliers(block_multipliers),
-                                 uncond_multiplier=uncond_multiplier, schedule=parse_schedule(schedule))
+                                 uncond_multiplier=uncond_multiplier, schedule=parse_strength_schedule(schedule))
         return io.NodeOutput(weights)

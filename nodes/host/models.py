@@ -53,8 +53,17 @@ def controlnet_fingerprint(name: str) -> str:
     """Size and modification time of a `controlnet` folder file ("missing" when gone): a file replaced, truncated
     or deleted on disk makes the host run the loader again (and report the file) instead of reusing its cache."""
     try:
-        stat = os.stat(controlnet_path(name))
-    except (FileNotFoundError, OSError):
+        return _size_and_mtime(controlnet_path(name))
+    except FileNotFoundError:  # the host's lookup: no such file in the folders
+        return "missing"
+
+
+def _size_and_mtime(path: str) -> str:
+    """The file's size and mtime_ns as "size:mtime"; "missing" when it cannot be read (gone, or removed since a
+    folder listing)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
         return "missing"
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
@@ -297,14 +306,6 @@ class PreprocessorModels:
         return cache
 
 
-def _size_and_mtime(entry: os.DirEntry) -> str:
-    try:
-        stat = entry.stat()
-    except OSError:  # removed since the listing
-        return f"{entry.path}:-"
-    return f"{entry.path}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
 def preprocessor_fingerprint(spec) -> str:
     """Name, size and modification time of every file a network preprocessor may read ("" for pixel-only ones): a
     weight file replaced, truncated or deleted between two identical prompts makes the host run the node again
@@ -322,7 +323,7 @@ def preprocessor_fingerprint(spec) -> str:
         except OSError:  # a folder that does not exist (yet)
             seen.append(f"{folder}:-")
             continue
-        seen += [_size_and_mtime(e) for e in entries if e.is_file()]
+        seen += [f"{e.path}:{_size_and_mtime(e.path)}" for e in entries if e.is_file()]
     return "|".join(seen)
 
 
