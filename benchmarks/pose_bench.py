@@ -20,6 +20,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,28 @@ def timed(fns: dict, repeat: int, device: str) -> dict[str, list[float]]:
     return times
 
 
+def ours_on_clip(name: str, folder: Path, args) -> tuple[np.ndarray, Callable[[], object]]:
+    """(the clip's uint8 frames, a call running our `name` preprocessor batched on them with one NetCache)."""
+    frames = clip(args.frames, args.size)
+    image = torch.from_numpy(frames).float().div(255.0).to(args.device)
+    cache = NetCache()
+
+    def ours():
+        return run_detailed(name, image, models_dir=str(folder), model_cache=cache, batch_size=args.batch_size)
+
+    return frames, ours
+
+
+def report(title: str, theirs_label: str, ours, theirs, args) -> None:
+    """Time theirs / ours alternately and print both frame rates and the ratio."""
+    times = timed({"aux": theirs, "ours": ours}, args.repeat, args.device)
+    fps_aux = args.frames / statistics.mean(times["aux"])
+    fps_ours = args.frames / statistics.mean(times["ours"])
+    print(title)
+    print(f"  {theirs_label + ':':<31}{fps_aux:6.2f} fps")
+    print(f"  {f'ours batched ({args.batch_size}):':<31}{fps_ours:6.2f} fps   ({fps_ours / fps_aux:.2f}x)")
+
+
 def dwpose_row(args) -> None:
     from controlnet_core.preprocess.nets import build_loaded
     from controlnet_core.preprocess.nets.rtmpose import DWPOSE_L
@@ -86,12 +109,7 @@ def dwpose_row(args) -> None:
     det, pose = build_loaded(YOLOX_L, sds["det"], device=args.device), build_loaded(DWPOSE_L, sds["pose"],
                                                                                      device=args.device)
     det_tool, pose_tool = rtm_detector(det), rtm_pose(pose, None)
-    frames = clip(args.frames, args.size)
-    image = torch.from_numpy(frames).float().div(255.0).to(args.device)
-    cache = NetCache()
-
-    def ours():
-        return run_detailed("dwpose", image, models_dir=str(folder), model_cache=cache, batch_size=args.batch_size)
+    frames, ours = ours_on_clip("dwpose", folder, args)
 
     def theirs():
         out = []
@@ -101,16 +119,11 @@ def dwpose_row(args) -> None:
         return out
 
     people = [len(f["people"]) for f in ours().keypoints]  # loads the weights
-    times = timed({"aux": theirs, "ours": ours}, args.repeat, args.device)
-    fps_aux = args.frames / statistics.mean(times["aux"])
-    fps_ours = args.frames / statistics.mean(times["ours"])
-    print(f"dwpose, {args.frames} frames at {args.size}^2 on {args.device}, people per frame {people}")
-    print(f"  rtmlib tools frame by frame: {fps_aux:6.2f} fps")
-    print(f"  ours batched ({args.batch_size}):         {fps_ours:6.2f} fps   ({fps_ours / fps_aux:.2f}x)")
+    report(f"dwpose, {args.frames} frames at {args.size}^2 on {args.device}, people per frame {people}",
+           "rtmlib tools frame by frame", ours, theirs, args)
 
 
 def openpose_row(args) -> None:
-
     from controlnet_aux.open_pose import OpenposeDetector, util
     from controlnet_aux.open_pose.body import Body
     from controlnet_aux.open_pose.model import bodypose_model
@@ -123,12 +136,7 @@ def openpose_row(args) -> None:
     body.model.load_state_dict(util.transfer(body.model, sd))
     body.model.eval().to(args.device)
     aux = OpenposeDetector(body)
-    frames = clip(args.frames, args.size)
-    image = torch.from_numpy(frames).float().div(255.0).to(args.device)
-    cache = NetCache()
-
-    def ours():
-        return run_detailed("openpose", image, models_dir=str(folder), model_cache=cache, batch_size=args.batch_size)
+    frames, ours = ours_on_clip("openpose", folder, args)
 
     def theirs():
         return [aux(f, detect_resolution=args.size, image_resolution=args.size, output_type="np") for f in frames]
@@ -137,12 +145,8 @@ def openpose_row(args) -> None:
     people = [len(f["people"]) for f in result.keypoints]
     ref = [len(aux.detect_poses(f)) for f in frames]
     assert people == ref, (people, ref)
-    times = timed({"aux": theirs, "ours": ours}, args.repeat, args.device)
-    fps_aux = args.frames / statistics.mean(times["aux"])
-    fps_ours = args.frames / statistics.mean(times["ours"])
-    print(f"openpose body, {args.frames} frames at {args.size}^2 on {args.device}, people per frame {people}")
-    print(f"  controlnet_aux frame by frame: {fps_aux:6.2f} fps")
-    print(f"  ours batched ({args.batch_size}):          {fps_ours:6.2f} fps   ({fps_ours / fps_aux:.2f}x)")
+    report(f"openpose body, {args.frames} frames at {args.size}^2 on {args.device}, people per frame {people}",
+           "controlnet_aux frame by frame", ours, theirs, args)
 
 
 if __name__ == "__main__":
