@@ -1,10 +1,12 @@
 """Train the toy base U-Net (ε-MSE, DDPM linear schedule) on fill-circles (or shape classes) and write its EMA weights.
 
 `python -m controlnet_core.toy.base --out controlnet_core/toy/base.safetensors` remakes the committed file
-(3,000 steps, AdamW lr 1e-3 with 100 warm-up steps and cosine decay, clip 1.0, EMA 0.995, batch 32, 10 % empty
-prompts so the empty prompt is a valid input as in SD; seed 0; one thread).
-`python -m controlnet_core.toy.base --data shapes --out controlnet_core/toy/shapes_base.safetensors` remakes the
-shape-class base of the prompt-drop claim (same settings; controlnet_core/toy/shapes.py).
+(12,000 steps, AdamW lr 1e-3 with 100 warm-up steps and cosine decay, clip 1.0, EMA 0.995, batch 32, 10 % empty
+prompts so the empty prompt is a valid input as in SD; seed 0; one thread; about 20 minutes of one idle core, final
+loss 0.0082). A 3,000-step base (loss about 0.02) renders the prompt's colours muted or wrong, which capped the
+ControlNet's shape IoU near 0.76; at 12,000 steps the colours follow the prompt and the IoU passes 0.8.
+`python -m controlnet_core.toy.base --data shapes --steps 3000 --out controlnet_core/toy/shapes_base.safetensors`
+remakes the shape-class base of the prompt-drop claim (controlnet_core/toy/shapes.py).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .model import ToyBase, build_base, save_base
 log = logging.getLogger(__name__)
 
 
-def train_base(steps: int = 3000, batch: int = 32, lr: float = 1e-3, seed: int = 0,
+def train_base(steps: int = 12000, batch: int = 32, lr: float = 1e-3, seed: int = 0,
                data: Callable[[int, torch.Generator], CircleBatch] = fill_circles) -> ToyBase:
     """The base's own training loop (not the ControlNet recipe) on `data` (fill-circles or shapes.shapes); returns
     the EMA model."""
@@ -62,7 +64,7 @@ def train_base(steps: int = 3000, batch: int = 32, lr: float = 1e-3, seed: int =
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=12000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", choices=("circles", "shapes"), default="circles",
                     help="fill-circles (base.safetensors) or shape classes (shapes_base.safetensors)")
