@@ -1,4 +1,4 @@
-"""Random-weight SD1.5- and SDXL-architecture base models for the host tests, run with the HOST's python (it imports comfy).
+"""Random-weight SD1.5 and SDXL base models for the host tests, run with the HOST's python (it imports comfy).
 
     $COMFYUI_PYTHON tests/host/make_models.py COMFYUI_PATH OUT_DIR [sd15|sdxl]
 

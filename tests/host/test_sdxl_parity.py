@@ -4,10 +4,10 @@ file, hint and seed -> the same final latent within 1 % of the control's effect.
 Random full-size SDXL architecture (tests/host/sdxl_files.py) at the smallest useful size: a 64x64 image, 8x8
 latent (the U-Net's two downsamplings leave 2x2), euler, cfg 4, ONE step: on two shared CPU cores one SDXL U-Net
 step costs about 30 s here (by a rough count, half of it is the per-layer fp16 -> fp32 cast of 2.6 G weights), two
-steps made the module 11.4 minutes (same verdicts: union 9.2e-6, Control-LoRA 4.9e-4, T2I 0). A host of its own with the SDXL
-files and `--fp16-unet`, so the U-Net and every control network are stored in fp16 and computed in fp32 (the
-host's manual cast on the CPU) by the host and by us alike: a 2.6 G-parameter U-Net in fp32 would not fit the
-memory budget. One prompt per kind, so the previous kind's networks are freed before the next is loaded. The SD1.5
+steps made the module 11.4 minutes (same verdicts: union 9.2e-6, Control-LoRA 4.9e-4, T2I 0). A host of its own
+with the SDXL files and `--fp16-unet`, so the U-Net and every control network are stored in fp16 and computed in
+fp32 (the host's manual cast on the CPU) by the host and by us alike: a 2.6 G-parameter U-Net in fp32 would not fit
+the memory budget. One prompt per kind, so the previous kind's networks are freed before the next is loaded. The SD1.5
 session host of the other modules may still be running beside it under `make test-host` (`-m "not slow"` leaves
 this module out).
 """
