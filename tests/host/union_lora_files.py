@@ -20,10 +20,16 @@ def union_sd15(seed: int, num_types: int = 8) -> dict[str, torch.Tensor]:
 
 
 def control_lora_sd15(seed: int, rank: int = 16) -> dict[str, torch.Tensor]:
+    return control_lora("sd15", seed, rank)
+
+
+def control_lora(spec: str, seed: int, rank: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Factors for every >= 2-D encoder weight (rank capped by the weight's sides), 1-D and ControlNet-only in full."""
+    from tests.fixtures import SPECS
+
     g = torch.Generator().manual_seed(seed)
-    shapes = controlnet_ldm_shapes(torch_spec())
-    full = random_state_dict(shapes, seed)
+    shapes = controlnet_ldm_shapes(SPECS[spec])
+    full = random_state_dict(shapes, seed, dtype)
     out = {"lora_controlnet": torch.tensor([])}
     for key, shape in shapes.items():
         if key.startswith(BASE_PREFIXES) and len(shape) >= 2 and key.endswith(".weight"):
@@ -31,8 +37,8 @@ def control_lora_sd15(seed: int, rank: int = 16) -> dict[str, torch.Tensor]:
             r = min(rank, shape[0], shape[1])
             up = torch.randn(shape[0], r, generator=g) * 0.2 / r ** 0.5
             down = torch.randn(r, fan_in, generator=g) / fan_in ** 0.5
-            out[stem + ".up"] = up[:, :, None, None] if len(shape) == 4 else up
-            out[stem + ".down"] = down.reshape(r, *shape[1:])
+            out[stem + ".up"] = (up[:, :, None, None] if len(shape) == 4 else up).to(dtype)
+            out[stem + ".down"] = down.reshape(r, *shape[1:]).to(dtype)
         else:
             out[key] = full[key]
     return out
@@ -47,12 +53,6 @@ def diff_sd15(seed: int) -> dict[str, torch.Tensor]:
         delta = 0.05 * torch.randn(value.shape, generator=g) * value.std().clamp(min=0.02)
         out["control_model." + key] = delta if key.startswith(BASE_PREFIXES) else value
     return out
-
-
-def torch_spec():
-    from tests.fixtures import SPECS
-
-    return SPECS["sd15"]
 
 
 MAKERS = {"union-sd15": union_sd15, "control-lora-sd15": control_lora_sd15, "diff-sd15": diff_sd15}
