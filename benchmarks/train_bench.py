@@ -18,7 +18,8 @@ during one forward (`saved_activation_bytes`: unique storages handed to the save
 out). Checkpointing cannot move the total peak much at 256² / batch 1: the weights, Adam state and gradients that
 exist with or without it (about 9.3 GB) are above 85 % of the peak, so the 70 % goal on the total is out of reach
 there by arithmetic, on any device; the saved activations are where it acts. `--size 512 --batch 4 --sides ours`
-shows the total at a size where the activations are a large part of the peak (about 16 GiB without checkpointing).
+shows the total at a size where the activations are a large part of the peak (measured: peak RSS 15494 MiB without
+checkpointing, 11246 MiB with, 73 %; saved activations 6928 vs 928 MiB).
 """
 from __future__ import annotations
 

@@ -148,10 +148,12 @@ class ControlNet(nn.Module):
         self.middle_block = make_middle_block(config)
         self.middle_block_out = make_zero_conv(config.residual_channels[-1])
         self.gradient_checkpointing = False  # training only: recompute block activations in the backward pass
+        self.compute_dtype: torch.dtype | None = None  # set where weights are stored narrower and cast on read
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.input_blocks[0][0].weight.dtype
+        """The dtype the net computes in: its weights' unless they are stored narrower (fp8 cast on read)."""
+        return self.compute_dtype or self.input_blocks[0][0].weight.dtype
 
     def encode_hint(self, hint: Tensor) -> Tensor:
         """Hint image (B, Ch, 8h, 8w) in [0, 1] -> guided hint (B, model_channels, h, w); independent of x, t, text."""

@@ -166,10 +166,12 @@ class T2IAdapter(nn.Module):
             self.body = nn.ModuleList(LightLevel(config.in_channels if i == 0 else c[i - 1], c[i],
                                                  config.num_res_blocks, i > 0) for i in range(len(c)))
         self.residual_levels = _residual_levels(config)
+        self.compute_dtype: torch.dtype | None = None  # set where weights are stored narrower and cast on read
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        """The dtype the adapter computes in: its weights' unless they are stored narrower (fp8 cast on read)."""
+        return self.compute_dtype or next(self.parameters()).dtype
 
     def block_scales(self, weights) -> tuple[float, ...]:
         """The engine's per-level weights for this adapter (see `block_scales`)."""

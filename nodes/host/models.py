@@ -112,40 +112,31 @@ def choose_dtypes(stored: torch.dtype, family: str, load_device: torch.device) -
     return weight, compute
 
 
-class CastOnRead(torch.nn.Module):
-    """Parametrization: a weight stored in a narrow dtype (fp8) is read in the compute dtype, layer by layer, as
-    the host's manual-cast operations do (comfy/ops.py), so the stored copy stays narrow."""
-
-    def __init__(self, dtype: torch.dtype):
-        super().__init__()
-        self.dtype = dtype
-
-    def forward(self, stored: torch.Tensor) -> torch.Tensor:
-        return stored.to(self.dtype)
-
-
-def store_narrow(net: torch.nn.Module, weight: torch.dtype, compute: torch.dtype) -> torch.nn.Module:
-    """Matrices and kernels stay in `weight` (e.g. fp8) and are cast when read; biases and norms (tiny) become
-    `compute`. The net then reports and computes in `compute`."""
-    from torch.nn.utils import parametrize
-
-    net.eval().requires_grad_(False)
-    for module in list(net.modules()):
-        for name, param in list(module.named_parameters(recurse=False)):
-            narrow = param.ndim >= 2
-            module._parameters[name] = torch.nn.Parameter(param.detach().to(weight if narrow else compute),
-                                                          requires_grad=False)
-            if narrow:
-                parametrize.register_parametrization(module, name, CastOnRead(compute), unsafe=True)
-    return net
-
-
 def host_layer_classes() -> dict[type, type]:
     """torch.nn layer -> the host's cast-on-read subclass (comfy/ops.py): same parameters and forward, plus the
     `comfy_cast_weights` switch the host's ModelPatcher.load turns on for layers it leaves offloaded (low VRAM)."""
     ops = comfy.ops.disable_weight_init
     return {torch.nn.Linear: ops.Linear, torch.nn.Conv2d: ops.Conv2d, torch.nn.GroupNorm: ops.GroupNorm,
             torch.nn.LayerNorm: ops.LayerNorm}
+
+
+def store_narrow(net: torch.nn.Module, weight: torch.dtype, compute: torch.dtype) -> torch.nn.Module:
+    """The kernels and matrices of the Linear/Conv2d layers stay in `weight` (e.g. fp8) and the host's layers cast
+    them on read, layer by layer (`comfy_cast_weights`, as its manual-cast ops); every other parameter (biases,
+    norms, the union's embeddings and attention matrices) becomes `compute`, and the net reports `compute`. No
+    parametrization: torch's parametrize gives each module a class of its own that refers back to it, a reference
+    cycle that kept a freed net alive until the collector ran (the host then warned of a potential leak)."""
+    net.eval().requires_grad_(False)
+    use_host_layers(net)
+    for module in net.modules():
+        narrow = isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and hasattr(module, "comfy_cast_weights")
+        if narrow:
+            module.comfy_cast_weights = True
+        for name, param in list(module.named_parameters(recurse=False)):
+            dtype = weight if narrow and name == "weight" else compute
+            module._parameters[name] = torch.nn.Parameter(param.detach().to(dtype), requires_grad=False)
+    net.compute_dtype = compute
+    return net
 
 
 def use_host_layers(net: torch.nn.Module) -> int:
@@ -171,7 +162,7 @@ def hold(net: torch.nn.Module, stored: torch.dtype, family: str) -> comfy.model_
     if weight == compute:
         net = prepare_for_device(net, offload_device, compute)  # one cast at load, none per step
         use_host_layers(net)
-    else:  # fp8 kept narrow through a parametrization (whole-model load only; no per-layer offload)
+    else:  # fp8 / fp16 kept narrow in the host's layers, cast on read
         net = store_narrow(net, weight, compute)
     log.debug("holding a %s network: weights stored as %s, computing in %s", family, weight, compute)
     return comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)

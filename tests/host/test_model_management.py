@@ -4,7 +4,8 @@ Run by pytest with the core interpreter: each check starts the host's interprete
 which imports the host and the pack, loads a ControlNet through `nodes/host/models.py` and prints one JSON line.
 - low-VRAM partial load: a budget of half the model's size keeps at most that much resident, the rest offloaded
   layer by layer (the host's cast-on-read layers), and the residuals equal those of a full load;
-- fp8 files stay fp8 in memory (the stored dtype, not a log line);
+- fp8 files stay fp8 in memory (the stored dtype, not a log line), computed in fp32 through the host's
+  cast-on-read layers, and a dropped fp8 net is freed at once (no reference cycle waiting for the collector);
 - a Control-LoRA merged at pre_run is listed by get_models and offloaded by the host's model management.
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ def test_fp8_file_is_stored_fp8(comfyui, model_files):
     result = _run_host(comfyui, comfyui_python(comfyui), "fp8", str(model_files[FP8]))
     assert result["matrix_dtypes"] == ["torch.float8_e4m3fn"]  # every kernel and matrix stays narrow
     assert result["compute_dtype"] == "torch.float32"  # read in the compute dtype, layer by layer
+    assert result["effect"] > 0
+    assert result["freed_without_collector"]  # torch's parametrize left a cycle here: the host warned of a leak
 
 
 def test_merged_control_lora_is_listed_and_offloaded_by_model_management(comfyui, model_files):
@@ -128,17 +131,24 @@ def _partial(models, path: str) -> dict:
 
 
 def _fp8(models, path: str) -> dict:
+    import gc
+    import weakref
+
     import torch
 
     net = models.core_load_controlnet(path, device="cpu")
     patcher = models.hold(net, net.storage_dtype, net.config.family)
-    stored = set()
-    for module in patcher.model.modules():
-        originals = getattr(getattr(module, "parametrizations", None), "weight", None)
-        weight = originals.original if originals is not None else module._parameters.get("weight")
-        if weight is not None and weight.ndim >= 2:
-            stored.add(str(weight.dtype))
-    return {"matrix_dtypes": sorted(stored), "compute_dtype": str(patcher.model.dtype)}
+    stored = {str(m.weight.dtype) for m in patcher.model.modules()
+              if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    residuals = _residuals(patcher.model, torch)  # runs: the fp8 kernels are cast to fp32 as they are read
+    result = {"matrix_dtypes": sorted(stored), "compute_dtype": str(patcher.model.dtype),
+              "effect": float(residuals.abs().max())}
+    alive = weakref.ref(patcher.model)
+    gc.disable()
+    del net, patcher, residuals
+    result["freed_without_collector"] = alive() is None
+    gc.enable()
+    return result
 
 
 def _control_lora(models, checkpoint: str, path: str) -> dict:
