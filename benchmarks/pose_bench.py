@@ -9,7 +9,8 @@ must be the same on both sides. Runs alternate aux, ours, aux; ours is compared 
 DWPose (YOLOX-l + RTMPose-l, random weights biased to find people, tests/core/test_pose_dwpose.py): ours through
 `run_detailed("dwpose")` (frames batched through the detector, all people through the pose net at once) vs rtmlib
 0.0.16's YOLOX and RTMPose tools frame by frame and box by box, their ONNX call replaced by the same torch modules
-(onnxruntime is not installed here), with controlnet_aux's COCO -> OpenPose step left out.
+as published (onnxruntime is not installed here; ours are loaded through the nets' `finish`, which folds the
+BatchNorms into the convolutions), with controlnet_aux's COCO -> OpenPose step left out.
 
     python -m benchmarks.pose_bench [--frames 16] [--size 512] [--repeat 1] [--device cpu|cuda]
                                     [--pose openpose,dwpose]
@@ -106,8 +107,9 @@ def dwpose_row(args) -> None:
     folder = Path(tempfile.mkdtemp())
     upstream_file(sds["det"], folder / "yolox_l.pth")
     upstream_file(sds["pose"], folder / "dw-ll_ucoco_384.pth")
-    det, pose = build_loaded(YOLOX_L, sds["det"], device=args.device), build_loaded(DWPOSE_L, sds["pose"],
-                                                                                     device=args.device)
+    # the reference runs the modules as published (ours fold their BatchNorms into the convolutions at load)
+    det = build_loaded(YOLOX_L, sds["det"], device=args.device, finish=False)
+    pose = build_loaded(DWPOSE_L, sds["pose"], device=args.device, finish=False)
     det_tool, pose_tool = rtm_detector(det), rtm_pose(pose, None)
     frames, ours = ours_on_clip("dwpose", folder, args)
 

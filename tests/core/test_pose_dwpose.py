@@ -85,8 +85,16 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nets(files):
+    """Ours: loaded through the architectures' `finish` (BatchNorms folded, SiLU fused, channels-last)."""
     sds, _ = files
     return build_loaded(YOLOX_L, sds["det"]), build_loaded(DWPOSE_L, sds["pose"])
+
+
+@pytest.fixture(scope="module")
+def published(files):
+    """The reference side: the same weights in the modules as published (BatchNorm after each convolution)."""
+    sds, _ = files
+    return build_loaded(YOLOX_L, sds["det"], finish=False), build_loaded(DWPOSE_L, sds["pose"], finish=False)
 
 
 def torch_inference(net, captured=None):
@@ -138,20 +146,32 @@ def test_networks_have_the_published_sizes():
     assert shapes["head.gau.uv.weight"] == (1152, 256) and shapes["head.cls_y.weight"] == (768, 256)
 
 
+def test_finish_folds_every_batchnorm_and_keeps_the_outputs(nets, published):
+    for ours, ref, shape in zip(nets, published, ((2, 3, 96, 128), (2, 3, 384, 288))):
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ours.modules())
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ref.modules())
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 4 - 2
+        with torch.no_grad():
+            for got, want in zip(*(o if isinstance(o, tuple) else (o,) for o in (ours(x), ref(x)))):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 @pytest.fixture(scope="module")
-def compared(nets):
+def compared(nets, published):
     """Ours (both frames in one detector call, all people in one pose call) and rtmlib's tools frame by frame and
-    box by box on our boxes (so that the pose comparison does not depend on float rounding of the boxes)."""
+    box by box on our boxes (so that the pose comparison does not depend on float rounding of the boxes), rtmlib's
+    on the modules as published."""
     det, pose = nets
+    ref_det, ref_pose = published
     frames = np.stack([picture(0), picture(1)])
     boxes = dw.run_detector(frames, det, "cpu")
     keypoints, scores = dw.run_pose(*dw.crops(frames, boxes), pose, "cpu")
     ref_boxes, ref_kp, ref_simcc = [], [], []
     for frame, frame_boxes in zip(frames, boxes):
-        want, classes = rtm_detector(det)(frame)
+        want, classes = rtm_detector(ref_det)(frame)
         ref_boxes.append(want[classes == 0])
         captured = []
-        ref_kp.append(rtm_pose(pose, captured)(frame, bboxes=list(frame_boxes))[0])
+        ref_kp.append(rtm_pose(ref_pose, captured)(frame, bboxes=list(frame_boxes))[0])
         ref_simcc += captured
     return boxes, keypoints, scores, ref_boxes, np.concatenate(ref_kp), ref_simcc
 

@@ -217,3 +217,20 @@ def test_a_stride_2_transposed_convolution_equals_its_sub_pixel_form(kernel, pad
     x = torch.randn(2, 8, 7, 9)
     with torch.no_grad():
         assert torch.allclose(subpixel(deconv)(x), deconv(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("cin, cout, kernel, stride, groups, size", [(5, 7, 3, 1, 1, (9, 11)), (6, 6, 5, 1, 6, (8, 7)),
+                                                                   (4, 8, 3, 2, 1, (13, 10)), (3, 4, 1, 1, 1, (5, 6))])
+def test_the_fused_conv_activations_equal_the_two_steps(cin, cout, kernel, stride, groups, size):
+    from controlnet_core.preprocess.nets._layers import conv2d_relu, conv2d_silu
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups).eval()
+    x = torch.randn(2, cin, *size)
+    with torch.no_grad():
+        want = conv(x)
+        for fused, act in ((conv2d_relu, torch.relu), (conv2d_silu, torch.nn.functional.silu)):
+            torch.testing.assert_close(fused(x, conv), act(want), rtol=1e-5, atol=1e-6)
+            cl = x.contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(fused(cl, conv.to(memory_format=torch.channels_last)), act(want),
+                                       rtol=1e-5, atol=1e-6)

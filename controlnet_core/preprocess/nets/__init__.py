@@ -147,8 +147,9 @@ def detect(sd: Mapping[str, torch.Tensor], candidates: Sequence[Architecture], s
 
 
 def build_loaded(arch: Architecture, sd: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None) -> nn.Module:
-    """`arch` built on the meta device and given `sd`'s tensors (cast to `dtype`) strictly; eval, no grad."""
+                 device: torch.device | str | None = None, finish: bool = True) -> nn.Module:
+    """`arch` built on the meta device and given `sd`'s tensors (cast to `dtype`) strictly; eval, no grad; then
+    `arch.finish` unless `finish=False` (the module as published: the reference side of tests and benchmarks)."""
     with torch.device("meta"):
         module = arch.build()
     expected = module.state_dict()
@@ -166,7 +167,7 @@ def build_loaded(arch: Architecture, sd: Mapping[str, torch.Tensor], dtype: torc
             raise PreprocessError(f"{arch.name}: buffer {name} is not stored in the weights; make it persistent "
                                   "or compute it in forward (this is a bug in the network module)")
     module = module.eval().requires_grad_(False)
-    return arch.finish(module) if arch.finish is not None else module
+    return arch.finish(module) if finish and arch.finish is not None else module
 
 
 def load_network(models_dir: ModelsDir, candidates: Sequence[Architecture], *, dtype: torch.dtype = torch.float32,

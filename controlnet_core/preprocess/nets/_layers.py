@@ -107,14 +107,25 @@ def conv2d_relu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """relu(conv(x)), the ReLU applied inside oneDNN's convolution on the CPU (a post-op on each output tile while
     it is in cache: the same sums, no second pass over the activation and no extra allocation); elsewhere, or for
     other dtypes, the plain two steps. Needs a zero-padded ('zeros' padding mode) convolution with int padding."""
-    if _fused_relu_applies(x, conv):
-        return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding),
-                                                       list(conv.stride), list(conv.dilation), conv.groups,
-                                                       "relu", [], "")
+    if _fused_applies(x, conv):
+        return _conv2d_pointwise(x, conv, "relu")
     return F.relu(conv(x))
 
 
-def _fused_relu_applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+def conv2d_silu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """silu(conv(x)), the SiLU (oneDNN's 'swish' post-op) applied inside the convolution on the CPU as in
+    `conv2d_relu`; elsewhere the plain two steps."""
+    if _fused_applies(x, conv):
+        return _conv2d_pointwise(x, conv, "swish")
+    return F.silu(conv(x))
+
+
+def _conv2d_pointwise(x: torch.Tensor, conv: nn.Conv2d, attr: str) -> torch.Tensor:
+    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
+                                                   list(conv.dilation), conv.groups, attr, [], "")
+
+
+def _fused_applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """oneDNN's fused op (private to torch, so looked up, never assumed) for float32 inference on the CPU with a
     zero-padded convolution; training keeps the differentiable two steps."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Architecture
-from .yolox import ConvModule, csp_stage
+from .yolox import ConvModule, csp_stage, fuse_conv_modules
 
 INPUT_W, INPUT_H = 288, 384
 SPLIT_RATIO = 2.0
@@ -118,4 +118,5 @@ class RTMPose(nn.Module):
         return self.head(self.backbone(x))
 
 
-DWPOSE_L = Architecture("dwpose_l_384", RTMPose, ("dw-ll_ucoco_384.pth",), PUBLISHED, LICENCE)
+DWPOSE_L = Architecture("dwpose_l_384", RTMPose, ("dw-ll_ucoco_384.pth",), PUBLISHED, LICENCE,
+                        finish=fuse_conv_modules)

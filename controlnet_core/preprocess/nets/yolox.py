@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Architecture
+from ._layers import channels_last, conv2d_silu, fuse_conv_bn
 
 STRIDES = (8, 16, 32)
 YOLOX_EPS = 1e-3  # mmdetection's yolox configs: BN(momentum=0.03, eps=0.001)
@@ -29,10 +30,27 @@ class ConvModule(nn.Module):
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, eps: float = YOLOX_EPS):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(cout, eps=eps)
+        self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(cout, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn is None:  # folded into the convolution by `fuse`
+            return conv2d_silu(x, self.conv)
         return F.silu(self.bn(self.conv(x)))
+
+    def fuse(self) -> None:
+        """In place, after loading: the eval-mode BatchNorm folded into the convolution (which gains a bias)."""
+        if self.bn is not None:
+            self.conv, self.bn = fuse_conv_bn(self.conv, self.bn), None
+
+
+def fuse_conv_modules(net: nn.Module) -> nn.Module:
+    """The load-time `finish` of the CSP networks (YOLOX, RTMPose): every ConvModule's BatchNorm folded into its
+    convolution and the SiLU run inside oneDNN's convolution on the CPU (the same sums up to float32 rounding),
+    weights stored channels-last."""
+    for module in net.modules():
+        if isinstance(module, ConvModule):
+            module.fuse()
+    return channels_last(net)
 
 
 class DepthwiseSeparable(nn.Module):
@@ -222,4 +240,4 @@ def decode_boxes(out: torch.Tensor, height: int, width: int) -> tuple[torch.Tens
 
 
 YOLOX_L = Architecture("yolox_l", YOLOX, ("yolox_l.pth", "yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth"),
-                       PUBLISHED, LICENCE, extra_prefixes=("ema_",))
+                       PUBLISHED, LICENCE, finish=fuse_conv_modules, extra_prefixes=("ema_",))
