@@ -208,15 +208,23 @@ def test_the_8_bit_gaussian_equals_opencv_bit_for_bit(sigma, size):
     assert np.array_equal(ours, cv2.GaussianBlur(img, (0, 0), sigma))
 
 
-@pytest.mark.parametrize("kernel, padding, output_padding", [(3, 1, 1), (2, 0, 0), (4, 1, 0)])
-def test_a_stride_2_transposed_convolution_equals_its_sub_pixel_form(kernel, padding, output_padding):
-    from controlnet_core.preprocess.nets._layers import subpixel
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_in_place_instance_norm_equals_torchs_and_keeps_the_layout(layout, relu):
+    from controlnet_core.preprocess.nets._layers import fuse_instance_norms
 
     torch.manual_seed(0)
-    deconv = torch.nn.ConvTranspose2d(8, 5, kernel, stride=2, padding=padding, output_padding=output_padding).eval()
-    x = torch.randn(2, 8, 7, 9)
+    seq = torch.nn.Sequential(torch.nn.InstanceNorm2d(6), *([torch.nn.ReLU()] if relu else []))
+    x = (torch.randn(3, 6, 37, 300) * torch.rand(1, 6, 1, 1) * 5 + torch.randn(1, 6, 1, 1) * 3)
+    x = x.contiguous(memory_format=layout)  # 11100 pixels: several of the channels-last path's chunks
     with torch.no_grad():
-        assert torch.allclose(subpixel(deconv)(x), deconv(x), atol=1e-5)
+        ref = seq(x)
+        fused = fuse_instance_norms(seq)
+        assert not any(isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.ReLU)) for m in fused.modules())
+        out = fused(x.clone())
+    assert out.is_contiguous(memory_format=layout)
+    assert (out < 0).any() != relu
+    assert torch.allclose(out, ref, atol=2e-5)
 
 
 @pytest.mark.parametrize("cin, cout, kernel, stride, groups, size", [(5, 7, 3, 1, 1, (9, 11)), (6, 6, 5, 1, 6, (8, 7)),

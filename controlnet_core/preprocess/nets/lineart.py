@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import Architecture
-from ._layers import subpixel_all
+from ._layers import channels_last, fuse_instance_norms
 
 
 def _norm(channels: int) -> nn.Module:
@@ -43,8 +43,14 @@ class Generator(nn.Module):
         return self.model4(self.model3(self.model2(self.model1(self.model0(rgb)))))
 
 
+def fast_generator(net: Generator) -> Generator:
+    """The load-time `finish`: instance norms (and their ReLUs) in place, weights channels-last. Measured on the
+    2-core CPU, 4 frames at 512^2: 10.3 s -> 7.8 s; oneDNN's channels-last transposed convolutions are 1.7-2.2x faster
+    than contiguous ones and 1.9-2.9x faster than the same sums as a sub-pixel convolution."""
+    return channels_last(fuse_instance_norms(net))
+
+
 _WHERE = "Hugging Face lllyasviel/Annotators"
-# the two transposed convolutions run as sub-pixel convolutions (1.14x faster on the CPU, same sums)
-LINEART = Architecture("lineart_realistic", Generator, ("sk_model.pth",), _WHERE, "MIT", finish=subpixel_all)
-LINEART_COARSE = Architecture("lineart_coarse", Generator, ("sk_model2.pth",), _WHERE, "MIT", finish=subpixel_all)
+LINEART = Architecture("lineart_realistic", Generator, ("sk_model.pth",), _WHERE, "MIT", finish=fast_generator)
+LINEART_COARSE = Architecture("lineart_coarse", Generator, ("sk_model2.pth",), _WHERE, "MIT", finish=fast_generator)
 ARCHITECTURES = (LINEART, LINEART_COARSE)
