@@ -14,6 +14,7 @@ import torch
 
 from controlnet_core.errors import PreprocessError
 from controlnet_core.preprocess import PREPROCESSORS, run
+from controlnet_core.preprocess._network import chunk_frames
 from controlnet_core.preprocess.nets import detect, load_network, read_weights
 from controlnet_core.preprocess.nets.hed import HED
 from controlnet_core.preprocess.nets.lineart import LINEART, LINEART_COARSE
@@ -135,6 +136,14 @@ def test_batched_frames_equal_frame_by_frame(weights):
     batched = run("pidinet", frames, models_dir=folder, batch_size=2, progress=lambda d, t: seen.append((d, t)))
     single = torch.cat([run("pidinet", frames[i: i + 1], models_dir=folder) for i in range(3)])
     assert torch.allclose(batched, single, atol=1.5 / 255) and seen == [(2, 3), (3, 3)]
+
+
+def test_cpu_chunks_are_bounded_in_pixels_and_accelerators_take_the_whole_batch():
+    assert chunk_frames(16, torch.device("cpu"), 512, 512) == 1  # one 512^2 frame per call beats eight on a CPU
+    assert chunk_frames(16, torch.device("cpu"), 768, 1024) == 1  # never zero
+    assert chunk_frames(16, torch.device("cpu"), 256, 256) == 4
+    assert chunk_frames(2, torch.device("cpu"), 64, 64) == 2  # batch_size still caps it
+    assert chunk_frames(16, torch.device("cuda"), 512, 512) == 16  # no CUDA needed: only the device type is read
 
 
 @pytest.mark.parametrize("arch", DISTINCT, ids=[a.name for a in DISTINCT])
