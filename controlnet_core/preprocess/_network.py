@@ -18,9 +18,9 @@ from .nets import Architecture, ModelsDir, NetCache
 Forward = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
 # On a CPU a chunk holds at most this many pixels: measured on the 2-core AVX2 CPU at 512^2, one frame per call
-# against eight (s/frame): HED 1.43 vs 1.62, PiDiNet 1.43 vs 1.88, lineart 1.86 vs 1.94, NormalBAE 4.25 vs 4.66,
-# M-LSD (against sixteen) 0.54 vs 0.84. Large batches stream every activation through memory (and fault in fresh pages) instead of
-# reusing the caches; on a GPU the whole `batch_size` goes in one call.
+# against eight (s/frame): HED 1.43 vs 1.62, PiDiNet 1.43 vs 1.88, lineart 1.86 vs 1.94, NormalBAE 4.25 vs 4.66;
+# M-LSD against sixteen 0.54 vs 0.84. Large batches stream every activation through memory (and fault in fresh
+# pages) instead of reusing the caches; on a GPU the whole `batch_size` goes in one call.
 CPU_CHUNK_PIXELS = 512 * 512
 
 
