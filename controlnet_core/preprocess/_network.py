@@ -3,7 +3,8 @@
 Shared by the network preprocessors (softedge.py, lineart.py, mlsd.py, normals.py): `run_network` loads (or reuses)
 the module through the holder's `NetCache` (the host's model management decides the device), feeds the batch in
 chunks of `batch_size` frames (fewer on a CPU: `chunk_frames`) under inference mode, reports `progress(done, total)`
-per chunk, and returns the outputs on the image's device. Also the 8-bit quantisation and the post-processing the ControlNet annotators share.
+per chunk, and returns the outputs on the image's device. Also the 8-bit quantisation and the post-processing the
+ControlNet annotators share.
 """
 from __future__ import annotations
 
